@@ -1,0 +1,39 @@
+"""Shared helpers: run the project's scripts as a user would, with W&B offline and no API key."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# A tiny, fast configuration: about 2 s of training on 2 CPU cores.
+TINY = ["--model=resnet10t", "--img_size=16", "--train_samples=128", "--batch_size=32", "--epochs=2"]
+
+
+def clean_env(**extra):
+    """The environment of a fresh machine: no W&B key or mode, W&B's files kept inside the test folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}, **extra)
+    return env
+
+
+def run(args, cwd, env=None, timeout=240):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env or clean_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def inspect_wandb(run_dir):
+    """What W&B recorded, read back with W&B's own reader."""
+    out = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, so no W&B credentials
+    return tmp_path

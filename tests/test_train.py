@@ -1,0 +1,158 @@
+"""train.py as a user runs it: a subprocess on the digits data, with W&B offline."""
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, clean_env, inspect_wandb, run
+
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+EPOCH_KEYS = ["epoch", "train/loss", "train/acc", "throughput/train_img_s", "val/loss", "val/acc", "lr",
+              "time/epoch_s"]
+FINAL_KEYS = ["status", "test/loss", "test/acc", "time/train_s", "time/startup_s", "memory/peak_mb"]
+
+
+def read_history(out):
+    with open(out / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_default_offline_run_is_recorded_in_wandb_and_output_dir(workdir):
+    res = run([str(ROOT / "train.py"), *TINY, "--lr=0.003", "--output_dir=out"], cwd=workdir,
+              env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "offline" in res.stdout and "wandb sync" in res.stdout  # says where the run is and how to upload it
+    summary = json.loads((workdir / "out/summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert all(k in summary for k in FINAL_KEYS)
+    assert 0 <= summary["test/acc"] <= 1 and summary["test/loss"] > 0
+    assert summary["memory/peak_mb"] > 50 and summary["time/train_s"] > 0
+
+    recorded = inspect_wandb(summary["wandb_run_dir"])
+    assert recorded["state"] == "finished" and recorded["project"] == "lab1"
+    assert recorded["config"]["batch_size"] == 32 and recorded["config"]["lr"] == 0.003
+    assert recorded["config"]["global_batch_size"] == 32 and recorded["config"]["num_processes"] == 1
+    assert {"torch", "timm", "accelerate", "wandb", "device"} <= set(recorded["config"])
+    s = recorded["summary"]
+    assert s["test/acc"] == pytest.approx(summary["test/acc"]) and s["status"] == "finished"
+    # define_metric: the summary keeps the best validation values, not the last
+    assert s["val/acc"]["max"] == pytest.approx(summary["val/acc"])
+    assert s["val/loss"]["min"] == pytest.approx(summary["val/loss"])
+    assert "test/confusion_matrix_table" in s
+
+    rows = read_history(workdir / "out")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert list(rows[0]) == EPOCH_KEYS
+    assert max(float(r["val/acc"]) for r in rows) == pytest.approx(summary["val/acc"])
+    assert float(rows[0]["lr"]) == pytest.approx(0.003)  # cosine starts at the peak lr
+    assert json.loads((workdir / "out/config.json").read_text())["train_size"] == 128
+
+
+def test_agent_style_arguments():
+    a = train.parse_args(["--batch_size=16", "--lr", "0.01", "--pretrained=False", "--download", "true",
+                          "--noise_scale=1", "--grad_accum_steps=2", "--cpu"])
+    assert (a.batch_size, a.lr, a.pretrained, a.download, a.noise_scale, a.cpu) == (16, 0.01, False, True, True, True)
+    for text, value in [("True", True), ("false", False), ("0", False), ("1", True)]:
+        assert train.parse_args([f"--pretrained={text}"]).pretrained is value
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--batch_sise=16"], "unrecognized arguments"),  # a typo must not quietly run the default
+    (["--lr_=0.1"], "unrecognized arguments"),
+    (["--batch_size=abc"], "invalid int value"),
+    (["--pretrained=maybe"], "true/false"),
+    (["--mixed_precision=fp8"], "invalid choice"),
+    (["--model=no_such_net"], "unknown timm model"),
+    (["--noise_scale"], "grad_accum_steps"),
+])
+def test_bad_arguments_raise_config_error(argv, words):
+    with pytest.raises(train.ConfigError, match=words):
+        train.parse_args(argv)
+
+
+def test_config_file_gives_defaults_that_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_size: 128\nlr: 0.05\npretrained: false\n")
+    a = train.parse_args(["--config", str(cfg), "--lr=0.2"])
+    assert (a.batch_size, a.lr) == (128, 0.2)
+    cfg.write_text("batch_sise: 128\n")
+    with pytest.raises(train.ConfigError, match="batch_sise"):
+        train.parse_args(["--config", str(cfg)])
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir):
+    res = run([str(ROOT / "train.py"), "--epochs=two"], cwd=workdir)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr and "--epochs" in res.stderr
+    assert not (workdir / "runs").exists() and not (workdir / "wandb").exists()
+
+
+def test_pretrained_without_local_weights_says_how_to_supply_them(workdir):
+    res = run([str(ROOT / "train.py"), "--pretrained", "--model=resnet10t"], cwd=workdir,
+              env=clean_env(HOME=str(workdir), HF_HOME=str(workdir / "hf")))
+    assert res.returncode == 2 and "--pretrained_path" in res.stderr and "Traceback" not in res.stderr
+    assert not (workdir / "runs").exists()
+
+
+def test_pretrained_path_loads_a_weights_file(workdir):
+    import timm
+    import torch
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet10t")  # 3 channels, 1000 classes: timm adapts both on load
+    torch.save(ref.state_dict(), workdir / "w.pth")
+    res = run([str(ROOT / "train.py"), *TINY, "--epochs=1", "--pretrained", f"--pretrained_path={workdir}/w.pth",
+               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((workdir / "out/summary.json").read_text())["status"] == "finished"
+
+
+def test_same_seed_gives_identical_test_metrics(workdir):
+    results = []
+    for name in ("a", "a2", "b"):
+        seed = "1" if name == "b" else "0"
+        res = run([str(ROOT / "train.py"), *TINY, f"--seed={seed}", "--wandb_mode=disabled", f"--output_dir={name}"],
+                  cwd=workdir)
+        assert res.returncode == 0, res.stderr[-2000:]
+        s = json.loads((workdir / name / "summary.json").read_text())
+        results.append((s["test/acc"], s["test/loss"]))
+    assert results[0] == results[1]
+    assert results[0] != results[2]  # the seed does change something
+
+
+def test_divergence_is_a_recorded_result_not_a_crash(workdir):
+    res = run([str(ROOT / "train.py"), *TINY, "--epochs=3", "--optimizer=sgd", "--lr=1e6", "--output_dir=out"],
+              cwd=workdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((workdir / "out/summary.json").read_text())
+    assert s["status"] == "diverged" and math.isnan(s["test/acc"])
+    assert inspect_wandb(s["wandb_run_dir"])["summary"]["status"] == "diverged"
+
+
+def test_noise_scale_is_logged_per_epoch(workdir):
+    res = run([str(ROOT / "train.py"), *TINY, "--batch_size=16", "--grad_accum_steps=2", "--noise_scale",
+               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = read_history(workdir / "out")
+    assert all(math.isfinite(float(r["noise/b_simple"])) for r in rows)
+    assert "noise/b_simple" in json.loads((workdir / "out/summary.json").read_text())
+
+
+def test_two_processes_train_one_model_in_one_wandb_run(workdir):
+    # --multi_gpu on a CPU machine: two real gloo ranks, because train.py creates the Accelerator with cpu=True
+    res = run(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
+               "--mixed_precision=no", "--dynamo_backend=no", str(ROOT / "train.py"), *TINY, "--output_dir=out"],
+              cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((workdir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    s = json.loads((workdir / "out/summary.json").read_text())
+    assert s["data/samples_per_rank"] == [64, 64]  # each rank trained on half of the 128 samples
+    recorded = inspect_wandb(runs[0])
+    assert recorded["config"]["num_processes"] == 2 and recorded["config"]["global_batch_size"] == 64
+    assert 0 <= recorded["summary"]["test/acc"] <= 1
