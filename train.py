@@ -87,7 +87,7 @@ def build_parser():
     flag("--optimizer", default="adamw", help="a timm optimizer name: adamw, sgd, adam, lamb, ...")
     flag("--momentum", type=float, default=0.9, help="for sgd and similar")
     flag("--weight_decay", type=float, default=0.05)
-    flag("--scheduler", default="cosine", choices=("cosine", "step", "none"))
+    flag("--scheduler", default="cosine", choices=("cosine", "step", "constant"), help="per update, by timm")
     flag("--warmup_epochs", type=int, default=0)
     flag("--label_smoothing", type=float, default=0.0)
     flag("--grad_accum_steps", type=int, default=1)
@@ -304,7 +304,7 @@ def grad_sq_norm(model):
     return torch.stack(torch._foreach_norm(grads)).float().pow(2).sum()
 
 
-def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoch, progress):
+def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoch):
     """One pass over this rank's shard. With --noise_scale it also measures McCandlish et al.'s B_simple."""
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -317,7 +317,9 @@ def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoc
     small = None  # |g|^2 of the first micro-batch of the current accumulation cycle
     updates = epoch * math.ceil(len(loader) / args.grad_accum_steps)
     start = time.perf_counter()
-    for x, y in progress(loader):
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+               disable=not (accelerator.is_main_process and sys.stderr.isatty()))  # agent logs get plain lines
+    for x, y in bar:
         with accelerator.accumulate(model):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
@@ -341,7 +343,8 @@ def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoc
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=loss_sum.device)]))
+    count = torch.tensor(float(seen), device=loss_sum.device)
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), count]))
     train_s = time.perf_counter() - start  # reduce() synchronised the device
     loss, acc, n = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), totals[2].item()
     metrics = {"train/loss": loss, "train/acc": acc, "throughput/train_img_s": n / train_s}
@@ -453,7 +456,7 @@ def train(args):
         model, optimizer, loader(train_set, True), loader(val_set, False), loader(test_set, False))
     updates_per_epoch = math.ceil(len(train_dl) / args.grad_accum_steps)
     scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched="const" if args.scheduler == "none" else args.scheduler, num_epochs=args.epochs,
+        optimizer, sched=args.scheduler, num_epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, decay_epochs=max(1, args.epochs // 3), step_on_epochs=False,
         updates_per_epoch=updates_per_epoch)
 
@@ -477,11 +480,10 @@ def train(args):
         for epoch in range(args.epochs):
             epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            progress = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,  # noqa: E731
-                                       disable=not (main and sys.stderr.isatty()))
-            metrics, seen = train_one_epoch(args, accelerator, model, train_dl, optimizer, scheduler, epoch, progress)
-            if epoch == 0:
-                summary["data/samples_per_rank"] = accelerator.gather(torch.tensor([seen], device=accelerator.device)).tolist()
+            metrics, seen = train_one_epoch(args, accelerator, model, train_dl, optimizer, scheduler, epoch)
+            if epoch == 0:  # proves the data is sharded: each rank trains on its own part
+                seen = torch.tensor([seen], device=accelerator.device)
+                summary["data/samples_per_rank"] = accelerator.gather(seen).tolist()
             if not math.isfinite(metrics["train/loss"]):
                 summary["status"] = "diverged"
                 metrics.update({"val/loss": float("nan"), "val/acc": float("nan")})
@@ -502,8 +504,9 @@ def train(args):
         torch.cuda.empty_cache()
     summary["time/train_s"] = time.perf_counter() - start
     summary.update(final_metrics(args, accelerator, model, test_dl, history, summary["status"], classes, run))
-    mem = torch.tensor(list(peak_memory(accelerator).values()), device=accelerator.device)
-    summary.update(zip(peak_memory(accelerator), accelerator.reduce(mem, "max").tolist()))
+    peak = peak_memory(accelerator)  # the largest over the ranks
+    peak_all = accelerator.reduce(torch.tensor(list(peak.values()), device=accelerator.device), "max")
+    summary.update(zip(peak, peak_all.tolist(), strict=True))
     if main:
         # val/acc and val/loss keep the max and min that define_metric gives them in W&B
         run.summary.update({k: v for k, v in summary.items() if k not in ("val/acc", "val/loss")})

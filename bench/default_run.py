@@ -41,7 +41,7 @@ def main():
     runs = [one_run() for _ in range(args.repeats)]
     walls = [w for w, _ in runs]
     accs = [s["test/acc"] for _, s in runs]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, Python {platform.python_version()}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     med = statistics.median(walls)
     lines = [
         "# Benchmarks",

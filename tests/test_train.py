@@ -4,7 +4,6 @@ import csv
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -110,6 +109,13 @@ def test_pretrained_path_loads_a_weights_file(workdir):
                "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((workdir / "out/summary.json").read_text())["status"] == "finished"
+
+
+def test_constant_schedule_keeps_the_lr(workdir):
+    res = run([str(ROOT / "train.py"), *TINY, "--scheduler=constant", "--lr=0.01", "--wandb_mode=disabled",
+               "--output_dir=out"], cwd=workdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [float(r["lr"]) for r in read_history(workdir / "out")] == [0.01, 0.01]
 
 
 def test_same_seed_gives_identical_test_metrics(workdir):

@@ -1,0 +1,215 @@
+"""sweep.py and sweeps/: the files W&B accepts, the command lines `wandb agent` builds, and the offline agent
+run as a user runs it (a subprocess on tiny digits runs, W&B offline)."""
+
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sweeps
+import yaml
+from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+from conftest import ROOT, clean_env, inspect_wandb, run
+
+sys.path.insert(0, str(ROOT))
+import sweep  # noqa: E402
+import train  # noqa: E402
+
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+TINY = {"model": {"value": "resnet10t"}, "img_size": {"value": 16}, "train_samples": {"value": 64},
+        "batch_size": {"value": 32}, "epochs": {"value": 1}}
+
+
+def write_sweep(path, parameters, **top):
+    """A sweep file for the tiny settings; the program is this checkout's train.py."""
+    fixed = {**TINY, **top.pop("fixed", {})}
+    config = {"program": str(ROOT / "train.py"), "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+              **top, "parameters": {**parameters, **fixed}}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def agent_command(config, run_config):
+    """The argv `wandb agent` runs for one suggested run (wandb_agent.py, Agent._command_run), from W&B's own
+    helpers: env and interpreter as on Linux, every parameter as --name=value."""
+    macros = create_sweep_command_args({"args": run_config})
+    macros.update(env=["/usr/bin/env"], interpreter=["python"], program=[config["program"]])
+    argv = []
+    for chunk in create_sweep_command(list(config.get("command", []))):
+        argv += (macros.get(chunk[2:-1]) or []) if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return argv
+
+
+def suggestions(config):
+    """Every grid point, or a few bayes/random suggestions, as W&B's engine makes them."""
+    runs = sweeps.next_runs(config, [], n=1000 if config["method"] == "grid" else 5)
+    return [r for r in runs if r is not None]
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweeps/ files
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_file_is_a_valid_wandb_sweep_that_says_what_it_asks(path):
+    text = path.read_text()
+    config = yaml.safe_load(text)
+    assert sweeps.schema_violations_from_proposed_config(config) == []
+    sweeps.SweepConfig(config)  # fills and validates, as `wandb sweep` does
+    assert text.startswith("# ") and "?" in text.split("\nprogram:")[0]  # a header comment asks its question
+    assert config["program"] == "train.py" and config["metric"]["name"]
+
+
+def test_lab1_grids_run_each_point_three_times():
+    for name in ("lab1_batch_size", "lab1_epochs", "lab1_lr", "lab1_lr_batch"):
+        config = yaml.safe_load((ROOT / "sweeps" / f"{name}.yaml").read_text())
+        assert config["method"] == "grid" and len(config["parameters"]["seed"]["values"]) == 3, name
+    lr_batch = yaml.safe_load((ROOT / "sweeps/lab1_lr_batch.yaml").read_text())["parameters"]
+    assert len(lr_batch["lr"]["values"]) >= 3 and len(lr_batch["batch_size"]["values"]) >= 3
+    multi = yaml.safe_load((ROOT / "sweeps/multi_gpu.yaml").read_text())
+    assert multi["command"] == ["${env}", "accelerate", "launch", "--multi_gpu", "--num_processes=2",
+                                "${program}", "${args}"]
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_train_accepts_the_command_line_wandb_agent_builds(path):
+    config = sweeps.SweepConfig(yaml.safe_load(path.read_text()))
+    points = suggestions(config)
+    assert points
+    for point in points:
+        argv = agent_command(config, point.config)
+        args = train.parse_args(argv[argv.index("train.py") + 1:])
+        for name, spec in point.config.items():
+            assert getattr(args, name) == spec["value"], (name, argv)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_py_runs_what_wandb_agent_runs_plus_output_dir(path):
+    config = sweeps.SweepConfig(yaml.safe_load(path.read_text()))
+    point = suggestions(config)[0]
+    expected = [sys.executable if part == "python" else part for part in agent_command(config, point.config)]
+    params = {k: v["value"] for k, v in point.config.items()}
+    assert sweep.command_line(config, params, "runs/x") == expected + ["--output_dir=runs/x"]
+
+
+def test_bayes_learns_from_every_kind_of_ended_run(tmp_path):
+    config = sweeps.SweepConfig(yaml.safe_load((ROOT / "sweeps/bayes.yaml").read_text()))
+    ended = []
+    for i, (status, summary) in enumerate([("finished", {"val/acc": 0.9}), ("diverged", {"val/acc": math.nan}),
+                                           ("stopped", {}), ("failed", {})]):
+        point = {k: v["value"] for k, v in suggestions(config)[0].config.items()}
+        ended.append(sweep.Run(f"r{i}", point, status, 0, summary))
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2/history.csv").write_text("epoch,val/acc\n1,0.5\n")  # a stopped run's metric: its history
+    points = sweep.propose(config, [run.sweep_run(tmp_path) for run in ended], 2)
+    assert len(points) == 2 and points[0] != points[1]
+    assert all(1e-4 <= p["lr"] <= 0.1 and p["batch_size"] in (16, 32, 64, 128, 256) for p in points)
+
+
+def test_results_cells_read_back_as_the_values_written():
+    for value in [16, 1e-05, 0.1, 100.0, 3e-4, True, False, "adamw", "resnet10t"]:
+        back = sweep.parse_cell(str(value))
+        assert back == value and type(back) is type(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The offline agent
+
+def test_grid_sweep_records_every_point_once_across_an_interruption(workdir):
+    # Point 1 fails (no MNIST on disk: a runtime error, exit 2); point 2 trains, is cut off, then redone.
+    write_sweep(workdir / "tiny.yaml", {"dataset": {"values": ["mnist", "digits"]}}, fixed={"lr": {"value": 0.003}})
+    sweep_dir = workdir / "runs/sweeps/tiny"
+    env = clean_env(HOME=str(workdir), WANDB_MODE="online")  # the agent must force offline itself
+    agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "tiny.yaml"], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (sweep_dir / "results.csv").exists() or len([p for p in sweep_dir.iterdir() if p.is_dir()]) < 2:
+        assert agent.poll() is None and time.monotonic() < deadline, agent.communicate()[0]
+        time.sleep(0.1)
+    agent.send_signal(signal.SIGTERM)  # the second run has started: its folder exists
+    assert agent.wait(timeout=30) == 128 + signal.SIGTERM
+    first = read_csv(sweep_dir / "results.csv")
+    assert [(r["dataset"], r["status"], r["exit_code"]) for r in first] == [("mnist", "failed", "2")]
+    assert "mnist" in agent.stdout.read()  # the failure's line, with train.py's reason
+
+    dry = run([str(ROOT / "sweep.py"), "tiny.yaml", "--dry_run"], cwd=workdir, env=env)
+    assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 1 and "--dataset=digits" in dry.stdout
+
+    res = run([str(ROOT / "sweep.py"), "tiny.yaml"], cwd=workdir, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = read_csv(sweep_dir / "results.csv")
+    assert [(r["dataset"], r["status"]) for r in rows] == [("mnist", "failed"), ("digits", "finished")]
+    header = list(rows[0])
+    params = ["dataset", *TINY, "lr"]  # YAML order
+    assert header[:3 + len(params)] == ["run_id", "status", "exit_code", *params]
+    assert header[3 + len(params):] == sorted(header[3 + len(params):]) and "test/acc" in header
+    table = res.stdout.split("sorted by val/acc (maximize):\n")[1].splitlines()
+    assert [line.split()[0] for line in table] == [rows[1]["run_id"], rows[0]["run_id"]]  # failed (no metric) last
+
+    done = sweep_dir / rows[1]["run_id"]
+    config = json.loads((done / "config.json").read_text())
+    assert config["output_dir"] == f"runs/sweeps/tiny/{rows[1]['run_id']}"
+    summary = json.loads((done / "summary.json").read_text())
+    recorded = inspect_wandb(summary["wandb_run_dir"])  # offline, under the sweep's run id
+    assert recorded["run_id"] == rows[1]["run_id"] and recorded["config"]["dataset"] == "digits"
+    cut = {p.name for p in sweep_dir.iterdir() if p.is_dir()} - {r["run_id"] for r in rows}
+    assert len(cut) == 1 and not (sweep_dir / cut.pop() / "summary.json").exists()
+
+    logged = set(read_csv(done / "history.csv")[0]) | set(summary)
+    for path in SWEEP_FILES:  # every sweeps/ metric is a key train.py logs; Hyperband's, every epoch
+        config = yaml.safe_load(path.read_text())
+        assert config["metric"]["name"] in logged, path.name
+        if "early_terminate" in config:
+            assert config["metric"]["name"] in read_csv(done / "history.csv")[0], path.name
+
+
+def test_hyperband_stops_a_run_that_falls_behind(workdir):
+    # Metric `lr` (logged every epoch; the cosine schedule scales both runs alike) ranks the runs before they
+    # train: run 2 is certain to be behind run 1 at epoch 1, and with eta 3 Hyperband keeps only the top third.
+    write_sweep(workdir / "hb.yaml", {"lr": {"values": [0.1, 0.001]}}, metric={"name": "lr", "goal": "maximize"},
+                early_terminate={"type": "hyperband", "min_iter": 1, "eta": 3},
+                fixed={"epochs": {"value": 8}})
+    res = run([str(ROOT / "sweep.py"), "hb.yaml"], cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = read_csv(workdir / "runs/sweeps/hb/results.csv")
+    assert [(r["lr"], r["status"]) for r in rows] == [("0.1", "finished"), ("0.001", "stopped")]
+    assert int(rows[1]["exit_code"]) == -signal.SIGTERM
+    assert len(read_csv(workdir / "runs/sweeps/hb" / rows[0]["run_id"] / "history.csv")) == 8
+    assert len(read_csv(workdir / "runs/sweeps/hb" / rows[1]["run_id"] / "history.csv")) < 8
+
+
+def test_dry_run_prints_the_remaining_command_lines_and_writes_nothing(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    write_sweep(workdir / "tiny.yaml", {"lr": {"values": [0.1, 0.01, 0.001]}})
+    sweep.main(["tiny.yaml", "--dry_run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("--lr=")[1].split()[0] for line in lines] == ["0.1", "0.01", "0.001"]
+    assert all(" --output_dir=runs/sweeps/tiny/" in line for line in lines)
+    sweep.main(["tiny.yaml", "--dry_run", "--count", "2"])
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.yaml"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("method: grid\nparameters: [lr", "expected"),  # not YAML
+    ("program: PROGRAM\nmethod: grdi\nparameters: {lr: {values: [0.1]}}", "not a valid W&B sweep"),
+    ("program: PROGRAM\nmethod: grid\nparameters: {learning_rate: {values: [0.1]}}", "unrecognized arguments"),
+    ("program: PROGRAM\nmethod: grid\nparameters: {lr: {values: [0.1, fast]}}", "invalid float value"),
+    ("program: no_such.py\nmethod: grid\nparameters: {lr: {values: [0.1]}}", "not found"),
+], ids=["not-yaml", "not-a-sweep", "unknown-parameter", "bad-value", "no-program"])
+def test_bad_sweep_is_one_line_exit_2_before_any_run(workdir, text, words):
+    (workdir / "bad.yaml").write_text(text.replace("PROGRAM", str(ROOT / "train.py")))
+    res = run([str(ROOT / "sweep.py"), "bad.yaml"], cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.splitlines()) == 1 and res.stderr.startswith("sweep.py: error: bad.yaml:")
+    assert words in res.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["bad.yaml"]
