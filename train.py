@@ -39,7 +39,6 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder")
-STATUSES = ("finished", "diverged", "oom")
 
 
 class ConfigError(Exception):
@@ -348,10 +347,15 @@ def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoc
     train_s = time.perf_counter() - start  # reduce() synchronised the device
     loss, acc, n = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), totals[2].item()
     metrics = {"train/loss": loss, "train/acc": acc, "throughput/train_img_s": n / train_s}
-    if args.noise_scale:
-        tr_sigma, g2 = accelerator.reduce(noise, "mean").tolist()
-        metrics["noise/b_simple"] = tr_sigma / g2 if g2 > 0 else float("nan")
+    if args.noise_scale:  # per-cycle means of the two estimates; their ratio is B_simple
+        tr_sigma, g2 = (accelerator.reduce(noise, "mean") / max(1, len(loader) // args.grad_accum_steps)).tolist()
+        metrics.update({"noise/trace_sigma": tr_sigma, "noise/grad_sq": g2, "noise/b_simple": b_simple(tr_sigma, g2)})
     return metrics, seen
+
+
+def b_simple(tr_sigma, g2):
+    """The simple noise scale; NaN when the |G|^2 estimate is not positive (noise swamps the mean gradient)."""
+    return tr_sigma / g2 if g2 > 0 else float("nan")
 
 
 def grad_scale(accelerator):
@@ -526,8 +530,9 @@ def final_metrics(args, accelerator, model, test_dl, history, status, classes, r
            "val/acc": max((h["val/acc"] for h in history if "val/acc" in h), default=nan),
            "val/loss": min((h["val/loss"] for h in history if "val/loss" in h), default=nan),
            "throughput/train_img_s": float(np.mean([h["throughput/train_img_s"] for h in history])) if history else nan}
-    if args.noise_scale and history:
-        out["noise/b_simple"] = last["noise/b_simple"]
+    if args.noise_scale and history:  # over the whole run: the ratio of the summed estimates, far less noisy
+        out["noise/b_simple"] = b_simple(sum(h["noise/trace_sigma"] for h in history),
+                                         sum(h["noise/grad_sq"] for h in history))
     if status != "finished":  # a diverged or OOM model has no test result to speak of
         return {**out, "test/loss": nan, "test/acc": nan}
     test, pred, y = evaluate(args, accelerator, model, test_dl, "test")
