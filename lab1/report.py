@@ -373,13 +373,17 @@ def report_early_stopping(rows, history, out_dir):
     return {"early_stopping": write_table(out_dir, "early_stopping", render(records, ["epochs"], EARLY_STOP))}
 
 
-def report_noise_scale(history, out_dir):
-    """B_simple per epoch; -> (markdown blocks, B_simple at the last epoch)."""
-    records = aggregate(history, ["epoch"], ["noise/b_simple"])
-    fig_by_param(records, "epoch", ["noise/b_simple"], out_dir / "figures" / "noise_scale.png")
-    means = [r["stats"]["noise/b_simple"][0] for r in records if r["stats"]["noise/b_simple"][0] is not None]
-    table = write_table(out_dir, "noise_scale", render(records, ["epoch"], ["noise/b_simple"]))
-    return {"noise_scale": table}, means[-1] if means else None
+def report_noise_scale(rows, history, out_dir):
+    """B_simple per epoch and over whole runs; -> (markdown blocks, mean whole-run B_simple)."""
+    per_epoch = ["noise/trace_sigma", "noise/grad_sq", "noise/b_simple"]
+    records = aggregate(history, ["epoch"], per_epoch)
+    fig_by_param(records, "epoch", per_epoch, out_dir / "figures" / "noise_scale.png")
+    by = ["batch_size", "grad_accum_steps"]  # B_small, and B_big / B_small
+    runs = aggregate(rows, by, ["noise/b_simple", "val/acc"])
+    blocks = {"noise_scale": write_table(out_dir, "noise_scale", render(records, ["epoch"], per_epoch)),
+              "noise_scale_run": write_table(out_dir, "noise_scale_run",
+                                             render(runs, by, ["noise/b_simple", "val/acc"]))}
+    return blocks, runs[0]["stats"]["noise/b_simple"][0] if runs else None
 
 
 def report_best_lr(records, b_simple, out_dir):
@@ -402,7 +406,7 @@ def regenerate(results_dir, out_dir):
         blocks.update(report_early_stopping(epochs_rows, epochs_history, out_dir))
     b_simple = None
     if loaded.get("lab1_noise_scale", ([], []))[1]:
-        noise_blocks, b_simple = report_noise_scale(loaded["lab1_noise_scale"][1], out_dir)
+        noise_blocks, b_simple = report_noise_scale(*loaded["lab1_noise_scale"], out_dir)
         blocks.update(noise_blocks)
     if "lr_batch" in records:
         blocks.update(report_best_lr(records["lr_batch"], b_simple, out_dir))
@@ -417,7 +421,8 @@ def write_history(path, runs):
     """runs: [(run_id, [history row dicts])] -> one CSV with a leading run_id column (union of columns)."""
     columns = ["run_id"]
     for _, rows in runs:
-        columns += [c for row in rows for c in row if c not in columns]
+        for row in rows:
+            columns += [c for c in row if c not in columns]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="", lineterminator="\n")
         writer.writeheader()

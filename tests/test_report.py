@@ -127,6 +127,14 @@ def test_best_lr_per_batch_size_and_log_log_fit(out):
     assert {float(t["slope"]) for t in fits.values()} >= {1.0, 0.5}
 
 
+def test_noise_scale_over_whole_runs_is_the_mean_of_the_runs(out):
+    rows = read(FIXTURE / "lab1_noise_scale.csv")
+    (table,) = read(out / "tables" / "noise_scale_run.csv")
+    values = [float(r["noise/b_simple"]) for r in rows if r["status"] == "finished"]
+    assert float(table["noise/b_simple mean"]) == pytest.approx(statistics.mean(values))
+    assert (table["batch_size"], table["grad_accum_steps"]) == (rows[0]["batch_size"], rows[0]["grad_accum_steps"])
+
+
 def test_figures_are_written(out):
     for name in FIGURES:
         png = (out / "figures" / f"{name}.png").read_bytes()
@@ -147,7 +155,7 @@ def test_readme_blocks_are_filled_and_prose_kept(out):
 
 def test_regenerating_gives_byte_identical_text(out, tmp_path):
     before = text_outputs(out)
-    assert len(before) == 17  # README.md + 8 tables as .md and .csv
+    assert len(before) == 19  # README.md + 9 tables as .md and .csv
     proc = run_report("--results", FIXTURE, "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert text_outputs(out) == before
@@ -171,6 +179,8 @@ def test_from_sweeps_imports_results_and_histories(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "results" / "lab1_lr.csv").read_bytes() == (FIXTURE / "lab1_lr.csv").read_bytes()
     assert read(tmp_path / "results" / "lab1_lr_history.csv") == history
+    header = (tmp_path / "results" / "lab1_lr_history.csv").read_text().splitlines()[0].split(",")
+    assert header == list(history[0])  # each column once, run_id first
     assert (tmp_path / "out" / "tables" / "lr.md").exists()
     assert "_No results yet for `batch_size`._" in (tmp_path / "out" / "README.md").read_text()
 
