@@ -37,10 +37,10 @@ DECIMALS = {"time/train_s": 1, "memory/peak_mb": 0, "throughput/train_img_s": 0,
             "best_epoch/val_loss": 1, "best_epoch/val_acc": 1, "noise/b_simple": 1}  # others: 4
 # table name -> (sweep, group-by parameters, metric columns)
 QUESTIONS = {
-    "batch_size": ("lab1_batch_size", ["batch_size"], BASE + ["val/acc"]),
+    "batch_size": ("lab1_batch_size", ["batch_size"], BASE + ["train/acc", "train/loss", "val/acc"]),
     "epochs": ("lab1_epochs", ["epochs"], BASE + ["train/acc", "val/acc"]),
     "lr": ("lab1_lr", ["lr"], BASE + ["train/loss", "val/acc"]),
-    "lr_batch": ("lab1_lr_batch", ["batch_size", "lr"], BASE + ["val/acc"]),
+    "lr_batch": ("lab1_lr_batch", ["batch_size", "lr"], BASE + ["train/acc", "train/loss", "val/acc"]),
 }
 EARLY_STOP = ["best_epoch/val_loss", "best_epoch/val_acc", "val/acc@best_val_loss", "val/acc@last",
               "time/to_best_s", "time/train_s"]
