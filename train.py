@@ -191,12 +191,12 @@ def keep_batch(batch):
 
 
 def load_arrays(args):
-    """-> (train images, train labels, test images or None, test labels or None, class names)."""
+    """-> ({"train": (x, y)} plus "val" and "test" where the dataset has them, class names); x: uint8 NCHW."""
     if args.dataset == "digits":
         from sklearn.datasets import load_digits
         d = load_digits()  # 1,797 real 8x8 scans, values 0..16
         x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
-        return x, d.target, None, None, [str(c) for c in d.target_names]
+        return {"train": (x, d.target)}, [str(c) for c in d.target_names]
     if args.dataset == "imagefolder":
         return load_imagefolder(args)
     import torchvision.datasets as tvd
@@ -207,7 +207,7 @@ def load_arrays(args):
     except RuntimeError as e:
         raise ConfigError(f"{args.dataset} not found in --data_dir {args.data_dir} ({e}); "
                           "add --download on a machine with network, or point --data_dir at it") from None
-    return (*channels_first(train), *channels_first(test), list(train.classes))
+    return {"train": channels_first(train), "test": channels_first(test)}, list(train.classes)
 
 
 def channels_first(ds):
@@ -227,51 +227,44 @@ def load_imagefolder(args):
 
     def read(folder):
         ds = ImageFolder(folder, transform=to_tensor)
-        x = torch.stack([ds[i][0] for i in range(len(ds))]).numpy()
-        return x, np.asarray(ds.targets), ds.classes
+        return torch.stack([ds[i][0] for i in range(len(ds))]).numpy(), np.asarray(ds.targets), ds.classes
 
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        x, y, classes = read(root / "train")
-        if (root / "val").is_dir():  # the given val/ is appended; its indices are used as the validation split
-            xv, yv, _ = read(root / "val")
-            args.given_val = len(yv)
-            x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
-        xt, yt, _ = read(root / "test")
-        return x, y, xt, yt, classes
-    x, y, classes = read(root)
-    return x, y, None, None, classes
+    splits = ("train", "val", "test") if (root / "train").is_dir() and (root / "test").is_dir() else ()
+    if not splits:
+        x, y, classes = read(root)
+        return {"train": (x, y)}, classes
+    parts = {name: read(root / name) for name in splits if (root / name).is_dir()}
+    return {name: (x, y) for name, (x, y, _) in parts.items()}, parts["train"][2]
 
 
-def split_data(args, y, has_test):
-    """Index arrays (train, val, test): fixed by --seed, stratified by class."""
+def split_data(args, parts):
+    """Carve the splits a dataset lacks out of its train split: stratified by class, fixed by --seed."""
     from sklearn.model_selection import train_test_split
-    idx = np.arange(len(y))
-    test = np.array([], dtype=int)
-    if getattr(args, "given_val", 0):
-        return idx[:-args.given_val], idx[-args.given_val:], test
-    if not has_test:
-        idx, test = train_test_split(idx, test_size=args.test_fraction, stratify=y, random_state=args.seed)
-    train, val = train_test_split(idx, test_size=args.val_fraction / (1 - (0 if has_test else args.test_fraction)),
-                                  stratify=y[idx], random_state=args.seed)
+    x, y = parts["train"]
+    idx, held, left = np.arange(len(y)), {}, 1.0  # left: the fraction of the data still in idx
+    for name, fraction in (("test", args.test_fraction), ("val", args.val_fraction)):
+        if name not in parts:
+            idx, held[name] = train_test_split(idx, test_size=fraction / left, stratify=y[idx],
+                                               random_state=args.seed)
+            left -= fraction
     if args.train_samples:
-        train = train[:args.train_samples]
-    return np.sort(train), np.sort(val), np.sort(test)
+        idx = idx[:args.train_samples]
+    held["train"] = idx
+    return {**parts, **{name: (x[np.sort(i)], y[np.sort(i)]) for name, i in held.items()}}
 
 
-def build_datasets(args, arrays, data_config, device):
-    x, y, x_test, y_test, _ = arrays
-    train, val, test = split_data(args, y, has_test=x_test is not None)
-    if x_test is None:
-        x_test, y_test = x[test], y[test]
+def build_datasets(args, parts, data_config, device):
+    """-> train, val and test TensorImages on the device, normalised with the model's statistics."""
+    parts = split_data(args, parts)
     mean, std = data_config["mean"], data_config["std"]
-    if x.shape[1] == 1:  # a grey image: one channel with the mean of timm's RGB statistics
+    if parts["train"][0].shape[1] == 1:  # a grey image: one channel with the mean of timm's RGB statistics
         mean, std = [float(np.mean(mean))], [float(np.mean(std))]
 
     def make(images, labels):
         return TensorImages(torch.from_numpy(np.ascontiguousarray(images)).to(device),
                             torch.from_numpy(np.asarray(labels)).long().to(device), args.img_size, mean, std)
 
-    return make(x[train], y[train]), make(x[val], y[val]), make(x_test, y_test)
+    return [make(*parts[name]) for name in ("train", "val", "test")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,13 +435,12 @@ def train(args):
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    arrays = load_arrays(args)
-    classes = arrays[4]
+    parts, classes = load_arrays(args)
     set_seed(args.seed)
-    model = create_model(args, len(classes), in_chans=arrays[0].shape[1])
+    model = create_model(args, len(classes), in_chans=parts["train"][0].shape[1])
     data_config = timm.data.resolve_model_data_config(model)  # the model's own normalisation
-    train_set, val_set, test_set = build_datasets(args, arrays, data_config, accelerator.device)
-    del arrays
+    train_set, val_set, test_set = build_datasets(args, parts, data_config, accelerator.device)
+    del parts
     optimizer = timm.optim.create_optimizer_v2(model, opt=args.optimizer, lr=args.lr,
                                                weight_decay=args.weight_decay, momentum=args.momentum)
 
