@@ -274,18 +274,28 @@ def create_model(args, num_classes, in_chans):
     kwargs = dict(num_classes=num_classes, in_chans=in_chans)
     if not args.pretrained:
         return timm.create_model(args.model, **kwargs)
-    if args.pretrained_path:
-        if not Path(args.pretrained_path).is_file():
-            raise ConfigError(f"--pretrained_path {args.pretrained_path} is not a file")
-        kwargs["pretrained_cfg_overlay"] = dict(file=args.pretrained_path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
+    path = args.pretrained_path or cached_weights(args.model)  # a file, so timm never reaches for the hub
+    if not path:
+        raise ConfigError(f"no local weights for {args.model}: run timm.create_model('{args.model}', "
+                          "pretrained=True) once on a machine with network to fill the Hugging Face cache, "
+                          "or pass --pretrained_path FILE")
+    if not Path(path).is_file():
+        raise ConfigError(f"--pretrained_path {path} is not a file")
     try:
-        return timm.create_model(args.model, pretrained=True, **kwargs)
-    except Exception as e:  # timm raises several types when weights are missing offline
-        raise ConfigError(
-            f"no local weights for {args.model} ({type(e).__name__}); download them on a machine with network "
-            f"(timm.create_model('{args.model}', pretrained=True) fills the HF cache) or pass --pretrained_path FILE"
-        ) from None
+        return timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:  # a file of other weights, or not weights at all
+        raise ConfigError(f"cannot load {path} into {args.model}: {str(e).splitlines()[0][:200]}") from None
+
+
+def cached_weights(model_name):
+    """The file of timm's weights for model_name in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    for filename in ("model.safetensors", "pytorch_model.bin") if cfg and cfg.hf_hub_id else ():
+        path = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(path, str):
+            return path
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

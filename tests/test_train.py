@@ -99,14 +99,23 @@ def test_pretrained_without_local_weights_says_how_to_supply_them(workdir):
     assert not (workdir / "runs").exists()
 
 
-def test_pretrained_path_loads_a_weights_file(workdir):
+@pytest.mark.parametrize("source", ["pretrained_path", "hf_cache"])
+def test_pretrained_weights_load_from_a_file_or_the_hf_cache(workdir, source):
     import timm
     import torch
     torch.manual_seed(0)
     ref = timm.create_model("resnet10t")  # 3 channels, 1000 classes: timm adapts both on load
-    torch.save(ref.state_dict(), workdir / "w.pth")
-    res = run([str(ROOT / "train.py"), *TINY, "--epochs=1", "--pretrained", f"--pretrained_path={workdir}/w.pth",
-               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir)
+    if source == "pretrained_path":
+        weights, flags = workdir / "w.pth", [f"--pretrained_path={workdir}/w.pth"]
+    else:  # the layout huggingface_hub gives its cache
+        repo = workdir / "hf/hub/models--timm--resnet10t.c3_in1k"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs/main").write_text("0" * 40)
+        weights, flags = repo / "snapshots" / ("0" * 40) / "pytorch_model.bin", []
+        weights.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), weights)
+    res = run([str(ROOT / "train.py"), *TINY, "--epochs=1", "--pretrained", *flags, "--wandb_mode=disabled",
+               "--output_dir=out"], cwd=workdir, env=clean_env(HF_HOME=str(workdir / "hf")))
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((workdir / "out/summary.json").read_text())["status"] == "finished"
 
