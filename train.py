@@ -312,7 +312,7 @@ def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoc
     loss_sum = torch.zeros((), device=accelerator.device)
     correct = torch.zeros((), device=accelerator.device)
     seen = 0  # samples this rank trained on
-    noise = torch.zeros(2, device=accelerator.device)  # sums of the tr(Sigma) and |G|^2 estimates
+    noise = torch.zeros(3, device=accelerator.device)  # sums of the tr(Sigma) and |G|^2 estimates, and their count
     b_small = args.batch_size
     b_big = args.batch_size * args.grad_accum_steps * accelerator.num_processes
     fresh = True  # grads are zero: the next backward gives one micro-batch's gradient
@@ -333,7 +333,7 @@ def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoc
             if accelerator.sync_gradients and small is not None:
                 big = grad_sq_norm(model) / grad_scale(accelerator) ** 2  # all-reduced, accumulated gradient
                 noise += torch.stack([(small - big) / (1 / b_small - 1 / b_big),
-                                      (b_big * big - b_small * small) / (b_big - b_small)])
+                                      (b_big * big - b_small * small) / (b_big - b_small), torch.ones_like(big)])
                 small = None
             if accelerator.sync_gradients and args.clip_grad:
                 accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
@@ -351,7 +351,8 @@ def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoc
     loss, acc, n = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), totals[2].item()
     metrics = {"train/loss": loss, "train/acc": acc, "throughput/train_img_s": n / train_s}
     if args.noise_scale:  # per-cycle means of the two estimates; their ratio is B_simple
-        tr_sigma, g2 = (accelerator.reduce(noise, "mean") / max(1, len(loader) // args.grad_accum_steps)).tolist()
+        noise = accelerator.reduce(noise, "mean")
+        tr_sigma, g2 = (noise[:2] / noise[2].clamp(min=1)).tolist()
         metrics.update({"noise/trace_sigma": tr_sigma, "noise/grad_sq": g2, "noise/b_simple": b_simple(tr_sigma, g2)})
     return metrics, seen
 
@@ -374,7 +375,9 @@ def evaluate(args, accelerator, model, loader, prefix):
         logits = model(x)
         loss = F.cross_entropy(logits, y, reduction="none")
         loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
-        losses.append(loss), preds.append(pred), labels.append(y)
+        losses.append(loss)
+        preds.append(pred)
+        labels.append(y)
     loss, pred, y = torch.cat(losses).float(), torch.cat(preds), torch.cat(labels)
     return {f"{prefix}/loss": loss.mean().item(), f"{prefix}/acc": (pred == y).float().mean().item()}, pred, y
 
