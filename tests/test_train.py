@@ -64,7 +64,7 @@ def test_agent_style_arguments():
 @pytest.mark.parametrize("argv, words", [
     (["--batch_sise=16"], "unrecognized arguments"),  # a typo must not quietly run the default
     (["--lr_=0.1"], "unrecognized arguments"),
-    (["--batch_size=abc"], "invalid int value"),
+    (["--batch_size=abc"], "expected a whole number"),
     (["--pretrained=maybe"], "true/false"),
     (["--mixed_precision=fp8"], "invalid choice"),
     (["--model=no_such_net"], "unknown timm model"),
@@ -85,7 +85,7 @@ def test_config_file_gives_defaults_that_flags_override(tmp_path):
         train.parse_args(["--config", str(cfg)])
 
 
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir):
+def test_bad_input_from_the_command_line_has_no_traceback(workdir):
     res = run([str(ROOT / "train.py"), "--epochs=two"], cwd=workdir)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr and "--epochs" in res.stderr
@@ -138,15 +138,6 @@ def test_same_seed_gives_identical_test_metrics(workdir):
         results.append((s["test/acc"], s["test/loss"]))
     assert results[0] == results[1]
     assert results[0] != results[2]  # the seed does change something
-
-
-def test_divergence_is_a_recorded_result_not_a_crash(workdir):
-    res = run([str(ROOT / "train.py"), *TINY, "--epochs=3", "--optimizer=sgd", "--lr=1e6", "--output_dir=out"],
-              cwd=workdir)
-    assert res.returncode == 0, res.stderr[-2000:]
-    s = json.loads((workdir / "out/summary.json").read_text())
-    assert s["status"] == "diverged" and math.isnan(s["test/acc"])
-    assert inspect_wandb(s["wandb_run_dir"])["summary"]["status"] == "diverged"
 
 
 def test_noise_scale_is_logged_per_epoch(workdir):

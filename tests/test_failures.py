@@ -1,0 +1,213 @@
+"""Runs that fail well: divergence, out-of-memory, preemption and resume, early stopping, checkpoints,
+bad input and secrets. train.py runs as a subprocess with W&B offline, as in test_train.py."""
+
+import base64
+import hashlib
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, TINY, clean_env, inspect_wandb, run
+
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+ACCELERATE_2 = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
+                "--mixed_precision=no", "--dynamo_backend=no"]
+
+
+def summary_of(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def wandb_records(run_dir):
+    """Every record of an offline run's .wandb log, read with W&B's own reader."""
+    out = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--json", str(run_dir)],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence and out-of-memory: recorded results, exit 0
+
+def test_divergence_stops_at_the_step_and_is_recorded(workdir):
+    res = run([str(ROOT / "train.py"), *TINY, "--batch_size=16", "--epochs=3", "--optimizer=sgd", "--lr=1e6",
+               "--output_dir=out"], cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = summary_of(workdir / "out")
+    # 128 images in batches of 16: 8 steps an epoch; it stops at the first non-finite loss, not at an epoch's end
+    assert s["status"] == "diverged" and s["stop/epoch"] == 1 and 1 <= s["stop/step"] < 8
+    assert s["epoch"] == 0 and math.isnan(s["test/acc"])
+    recorded = inspect_wandb(s["wandb_run_dir"])["summary"]
+    assert (recorded["status"], recorded["stop/epoch"], recorded["stop/step"]) == ("diverged", 1, s["stop/step"])
+
+
+@pytest.mark.parametrize("error", ["torch.OutOfMemoryError", "MemoryError"])
+def test_out_of_memory_is_recorded_with_the_batch_size_and_memory(workdir, error):
+    env = clean_env(HOME=str(workdir), OOM_STEP="3", OOM_ERROR=error)
+    res = run([str(ROOT / "tests/failing_model.py"), *TINY, "--model=oom_resnet", "--output_dir=out"], cwd=workdir,
+              env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = summary_of(workdir / "out")
+    assert (s["status"], s["stop/epoch"], s["stop/step"], s["oom/batch_size"]) == ("oom", 1, 3, 32)
+    assert 50 < s["oom/rss_mb"] < s["oom/total_mb"] and 0 < s["oom/free_mb"] < s["oom/total_mb"]
+    recorded = inspect_wandb(s["wandb_run_dir"])["summary"]
+    assert recorded["status"] == "oom" and recorded["oom/batch_size"] == 32
+
+
+def test_out_of_memory_on_one_rank_stops_both_ranks(workdir):
+    env = clean_env(HOME=str(workdir), OOM_STEP="2", OOM_RANK="1")  # rank 0 is fine; it must not hang
+    res = run([*ACCELERATE_2, str(ROOT / "tests/failing_model.py"), *TINY, "--model=oom_resnet", "--batch_size=16",
+               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir, env=env, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = summary_of(workdir / "out")
+    assert (s["status"], s["stop/step"], s["oom/batch_size"]) == ("oom", 2, 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preemption and resume
+
+def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
+    fake_key = "feedface" * 5  # 40 characters, like a W&B API key: it must never be written anywhere
+    env = clean_env(HOME=str(workdir), WANDB_MODE="offline", WANDB_API_KEY=fake_key)
+    argv = [sys.executable, str(ROOT / "train.py"), *TINY, "--train_samples=256", "--epochs=3", "--log_model"]
+    whole = run(argv[1:] + ["--output_dir=whole"], cwd=workdir, env=env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    cut = subprocess.Popen(argv + ["--output_dir=cut"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (workdir / "cut/history.csv").exists():  # epoch 1 done: training is under way
+        assert cut.poll() is None and time.monotonic() < deadline, cut.communicate()[0]
+        time.sleep(0.05)
+    cut.send_signal(signal.SIGTERM)
+    printed = cut.communicate(timeout=60)[0]
+    assert cut.returncode == 128 + signal.SIGTERM, printed[-2000:]  # non-zero: W&B's agent requeues it
+    stopped = summary_of(workdir / "cut")
+    assert stopped["status"] == "preempted" and "run the same command to resume" in printed
+    progress = json.loads((workdir / "cut/checkpoint/progress.json").read_text())
+    assert progress["epoch"] + 1 == stopped["stop/epoch"] and progress["step"] == stopped["stop/step"]
+    saved = {p.name for p in (workdir / "cut/checkpoint").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl"} <= saved
+    first = wandb_records(stopped["wandb_run_dir"])
+    assert any(r["type"] == "preempting" for r in first)  # wandb.mark_preempting() was called
+
+    resumed = run(argv[1:] + ["--output_dir=cut"], cwd=workdir, env=env)  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    a, b = summary_of(workdir / "whole"), summary_of(workdir / "cut")
+    assert b["status"] == "finished" and not (workdir / "cut/checkpoint").exists()
+    for key in ("test/acc", "test/loss", "train/loss", "val/loss"):
+        assert b[key] == a[key], key  # on CPU, bit for bit
+    assert (workdir / "cut/history.csv").read_text().count("\n") == 4  # header + 3 epochs, none twice
+    assert inspect_wandb(b["wandb_run_dir"])["run_id"] == inspect_wandb(stopped["wandb_run_dir"])["run_id"]
+    assert b["wandb_run_dir"] != stopped["wandb_run_dir"]  # offline: a second file of the same run, for wandb sync
+
+    for path in workdir.rglob("*"):  # config, summary, history, checkpoints, W&B's files, model artifacts
+        if path.is_file():
+            assert fake_key.encode() not in path.read_bytes(), path
+    assert fake_key not in whole.stdout + whole.stderr + printed + resumed.stdout + resumed.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping and the best model
+
+def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
+    res = run([str(ROOT / "train.py"), *TINY, "--epochs=40", "--lr=0.01", "--early_stopping_patience=2",
+               "--log_model", "--output_dir=out"], cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = summary_of(workdir / "out")
+    history = train.read_history(workdir / "out/history.csv")
+    losses = [h["val/loss"] for h in history]
+    best = losses.index(min(losses))
+    assert s["status"] == "early_stopped" and len(history) < 40
+    assert len(history) == best + 1 + 2  # two epochs without a lower val/loss after the best one
+
+    # The test metrics are those of the saved best weights, recomputed here from model.safetensors.
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    args = train.parse_args([*TINY])
+    parts, classes = train.load_arrays(args)
+    model = timm.create_model("resnet10t", num_classes=10, in_chans=1)
+    model.load_state_dict(load_file(workdir / "out/model.safetensors"))
+    model.eval()
+    _, _, test = train.build_datasets(args, train.split_data(args, parts), timm.data.resolve_model_data_config(model),
+                                      torch.device("cpu"))
+    with torch.no_grad():
+        x, y = test.__getitems__(range(len(test)))
+        logits = model(x)
+    assert (logits.argmax(1) == y).float().mean().item() == pytest.approx(s["test/acc"], abs=1e-6)
+    assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(s["test/loss"], rel=1e-4)
+
+    [artifact] = [r["artifact"] for r in wandb_records(s["wandb_run_dir"])
+                  if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    [entry] = artifact["manifest"]["contents"]
+    md5 = base64.b64encode(hashlib.md5((workdir / "out/model.safetensors").read_bytes()).digest()).decode()
+    assert entry["path"] == "model.safetensors" and entry["digest"] == md5 and "best" in artifact["aliases"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line naming the problem and the fix, exit 2, nothing written
+
+def image_folder(root, corrupt=False, empty=False):
+    from PIL import Image
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        if not (empty and c == "b"):
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / c / f"{i}.png")
+    if corrupt:
+        (root / "b" / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+BAD_INPUT = [
+    (["--batch_size=abc"], "--batch_size: expected a whole number >= 1"),
+    (["--batch_size=0"], "--batch_size: expected a whole number >= 1"),
+    (["--batch_size=-8"], "--batch_size: expected a whole number >= 1"),
+    (["--lr=fast"], "--lr: expected a number > 0"),
+    (["--lr=0"], "--lr: expected a number > 0"),
+    (["--lr=-0.1"], "--lr: expected a number > 0"),
+    (["--epochs=ten"], "--epochs: expected a whole number >= 1"),
+    (["--epochs=0"], "--epochs: expected a whole number >= 1"),
+    (["--epochs=-3"], "--epochs: expected a whole number >= 1"),
+    (["--model=resnet10"], "unknown timm model 'resnet10'; did you mean resnet10t"),
+    (["--dataset=imagenet"], "invalid choice: 'imagenet'"),
+    (["--dataset=mnist", "--data_dir=no_such_dir"], "--data_dir no_such_dir does not exist"),
+    (["--dataset=imagefolder", "--data_dir=corrupt"], "cannot read image"),
+    (["--dataset=imagefolder", "--data_dir=empty"], "class folder(s) b in empty hold no images"),
+    (["--batch_size=5000"], "is larger than the 1257 training images; use --batch_size 1257 or less"),
+    (["--config=not_yaml.yaml"], "cannot read --config not_yaml.yaml"),
+    (["--config=unknown_key.yaml"], "unknown key 'learning_rate'"),
+    (["--config=bad_value.yaml"], "bad value for 'epochs'"),
+    (["--mixed_precision=fp16"], "fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
+    (["--pretrained", "--pretrained_path=no_weights.pth"], "--pretrained_path no_weights.pth is not a file"),
+    (["--batch_sise=64"], "unrecognized arguments: --batch_sise=64"),
+    (["--img_size=4"], "--img_size: expected a whole number >= 8"),
+    (["--val_fraction=1.5"], "must be in (0, 1)"),
+    (["--noise_scale"], "set --grad_accum_steps 2 or more"),
+]
+
+
+@pytest.mark.parametrize("argv, words", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, monkeypatch, capsys, argv, words):
+    monkeypatch.chdir(workdir)
+    image_folder(workdir / "corrupt", corrupt=True)
+    image_folder(workdir / "empty", empty=True)
+    (workdir / "not_yaml.yaml").write_text("batch_size: [64\n")
+    (workdir / "unknown_key.yaml").write_text("learning_rate: 0.1\n")
+    (workdir / "bad_value.yaml").write_text("epochs: many\n")
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(SystemExit) as exit:
+        train.main([*argv, "--output_dir=out", "--wandb_mode=offline"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert err.startswith("train.py: error: ") and err.count("\n") == 1, err
+    assert words in err
+    assert sorted(p.name for p in workdir.iterdir()) == before  # no out/, no wandb/
