@@ -12,12 +12,15 @@ addition, `--output_dir=<sweep_dir>/<run_id>`, and env WANDB_MODE=offline, WANDB
 WANDB_RUN_ID=<run_id>. `${interpreter}` is the Python running this script (wandb agent uses `python`).
 
 State is runs/sweeps/<sweep name>/results.csv, one row per ended run, rewritten atomically after each.
-Run the same command again after an interruption: ended runs are never repeated; runs that were cut off
-have no row, so the engine proposes them again (their folders stay, with no row pointing at them).
+Run the same command again after an interruption: ended runs are never repeated. A run stopped by SIGTERM or
+Ctrl-C of this agent saves a checkpoint and gets a `preempted` row; the next invocation resumes it first, under
+the same run id and folder. A run cut off harder (this agent SIGKILLed: the kernel then sends the run SIGTERM)
+has no row, so the engine proposes its point again, as a new run (its folder stays, with no row pointing at it).
 """
 
 import argparse
 import csv
+import ctypes
 import importlib.util
 import json
 import math
@@ -52,7 +55,7 @@ class SweepError(Exception):
 class Run:
     run_id: str
     params: dict  # parameter name -> value, as the engine proposed it
-    status: str = "running"  # then finished | diverged | oom | failed | stopped
+    status: str = "running"  # then finished | early_stopped | diverged | oom | failed | stopped | preempted
     exit_code: int | None = None
     summary: dict = field(default_factory=dict)  # scalar summary.json entries
     proc: subprocess.Popen | None = None
@@ -189,16 +192,22 @@ def read_history(run_dir):
 # ----------------------------------------------------------------------------------------------
 # Running: launch, poll, stop, record
 
+def die_with_parent():
+    """In the child, before exec: if this agent dies, even by SIGKILL, the kernel sends the run SIGTERM."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def launch(config, run, sweep_dir, name):
     run_dir = sweep_dir / run.run_id
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # exists when a preempted run is resumed
     env = dict(os.environ, WANDB_MODE="offline", WANDB_RUN_GROUP=name, WANDB_RUN_ID=run.run_id,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))  # `accelerate`
     if run.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = run.gpu
-    with (run_dir / "train.log").open("wb") as log:  # the run's own output; the terminal gets one line per run
+    with (run_dir / "train.log").open("ab") as log:  # the run's own output; the terminal gets one line per run
         run.proc = subprocess.Popen(command_line(config, run.params, run_dir), env=env, stdout=log,
-                                    stderr=subprocess.STDOUT,
+                                    stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
                                     start_new_session=True)  # its own process group: signals reach accelerate's workers
     run.started = time.monotonic()
 
@@ -234,6 +243,8 @@ def record(run, sweep_dir):
                    if k not in ("status", "wandb_run_dir") and isinstance(v, (int, float, str, bool))}
     if run.stop_sent is not None:
         run.status = "stopped"
+    elif summary.get("status") == "preempted":  # it saved a checkpoint: the next invocation resumes it
+        run.status = "preempted"
     elif run.exit_code != 0 or not summary:
         run.status = "failed"
     else:
@@ -259,16 +270,24 @@ def describe(run, config):
 
 
 def run_sweep(config, name, sweep_dir, ended, count, gpus):
-    """Launch runs until the engine has none left, --count is used up or run_cap is reached."""
+    """Resume preempted runs, then launch new ones until the engine has none left, --count is used up or
+    run_cap is reached."""
     param_names = list(config["parameters"])
     free = list(gpus) or [None]  # None: one run at a time, devices left as they are
+    resume = [run for run in ended if run.status == "preempted"]
+    ended[:] = [run for run in ended if run.status != "preempted"]
     running = []
     launched, exhausted = 0, False
     cap = config.get("run_cap", math.inf)
     try:
         while True:
+            while free and resume:
+                run = resume.pop(0)
+                run.status, run.gpu = "running", free.pop(0)
+                launch(config, run, sweep_dir, name)
+                running.append(run)
             while free and not exhausted and launched < count and len(ended) + len(running) < cap:
-                points = propose(config, [run.sweep_run(sweep_dir) for run in ended + running], 1)
+                points = propose(config, [run.sweep_run(sweep_dir) for run in ended + running + resume], 1)
                 if not points:
                     exhausted = True
                     break
@@ -289,14 +308,18 @@ def run_sweep(config, name, sweep_dir, ended, count, gpus):
                 write_results(sweep_dir / "results.csv", ended, param_names)
                 why = f"  [{last_line(sweep_dir / run.run_id / 'train.log')}]" if run.status == "failed" else ""
                 print(f"{describe(run, config)}  ({time.monotonic() - run.started:.0f} s){why}", flush=True)
-    finally:  # interrupted: end the runs we started; they have no row, so the next invocation redoes them
+    finally:  # interrupted: stop our runs; those that saved a checkpoint get a `preempted` row, to resume
         for run in running:
             signal_group(run, signal.SIGTERM)
         for run in running:
             try:
-                run.proc.wait(timeout=10)
+                run.proc.wait(timeout=KILL_GRACE_S)
             except subprocess.TimeoutExpired:
                 signal_group(run, signal.SIGKILL)
+                run.proc.wait()
+            record(run, sweep_dir)
+        ended += [run for run in running + resume if run.status == "preempted"]
+        write_results(sweep_dir / "results.csv", ended, param_names)
 
 
 def print_table(config, ended):

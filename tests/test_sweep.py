@@ -124,22 +124,38 @@ def test_results_cells_read_back_as_the_values_written():
 # ----------------------------------------------------------------------------------------------
 # The offline agent
 
-def test_grid_sweep_records_every_point_once_across_an_interruption(workdir):
-    # Point 1 fails (no MNIST on disk: a runtime error, exit 2); point 2 trains, is cut off, then redone.
-    write_sweep(workdir / "tiny.yaml", {"dataset": {"values": ["mnist", "digits"]}}, fixed={"lr": {"value": 0.003}})
+def wait_for(condition, agent, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert (agent is None or agent.poll() is None) and time.monotonic() < deadline, \
+            agent.communicate()[0] if agent else "timed out"
+        time.sleep(0.1)
+
+
+def run_dirs(sweep_dir):
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+
+
+def test_grid_sweep_records_every_point_once_across_a_sigkill(workdir):
+    # Point 1 fails (no MNIST in the folder: exit 2); point 2 is training when the agent is SIGKILLed, then is redone.
+    (workdir / "data").mkdir()
+    write_sweep(workdir / "tiny.yaml", {"dataset": {"values": ["mnist", "digits"]}},
+                fixed={"lr": {"value": 0.003}, "epochs": {"value": 20}})
     sweep_dir = workdir / "runs/sweeps/tiny"
     env = clean_env(HOME=str(workdir), WANDB_MODE="online")  # the agent must force offline itself
     agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "tiny.yaml"], cwd=workdir, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (sweep_dir / "results.csv").exists() or len([p for p in sweep_dir.iterdir() if p.is_dir()]) < 2:
-        assert agent.poll() is None and time.monotonic() < deadline, agent.communicate()[0]
-        time.sleep(0.1)
-    agent.send_signal(signal.SIGTERM)  # the second run has started: its folder exists
-    assert agent.wait(timeout=30) == 128 + signal.SIGTERM
+    wait_for(lambda: (sweep_dir / "results.csv").exists() and len(run_dirs(sweep_dir)) == 2
+             and (run_dirs(sweep_dir)[1] / "history.csv").exists(), agent)
+    agent.kill()  # SIGKILL: no `finally`, no chance to write anything
+    assert agent.wait(timeout=30) == -signal.SIGKILL
     first = read_csv(sweep_dir / "results.csv")
     assert [(r["dataset"], r["status"], r["exit_code"]) for r in first] == [("mnist", "failed", "2")]
     assert "mnist" in agent.stdout.read()  # the failure's line, with train.py's reason
+    # The kernel sent the orphaned run SIGTERM (PR_SET_PDEATHSIG): it stopped after a step, not at its end.
+    orphan = run_dirs(sweep_dir)[1]
+    wait_for(lambda: (orphan / "summary.json").exists(), None, 60)
+    assert json.loads((orphan / "summary.json").read_text())["status"] == "preempted"
 
     dry = run([str(ROOT / "sweep.py"), "tiny.yaml", "--dry_run"], cwd=workdir, env=env)
     assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 1 and "--dataset=digits" in dry.stdout
@@ -162,7 +178,7 @@ def test_grid_sweep_records_every_point_once_across_an_interruption(workdir):
     recorded = inspect_wandb(summary["wandb_run_dir"])  # offline, under the sweep's run id
     assert recorded["run_id"] == rows[1]["run_id"] and recorded["config"]["dataset"] == "digits"
     cut = {p.name for p in sweep_dir.iterdir() if p.is_dir()} - {r["run_id"] for r in rows}
-    assert len(cut) == 1 and not (sweep_dir / cut.pop() / "summary.json").exists()
+    assert cut == {orphan.name}  # done again as a new run; the cut one keeps its folder, with no row
 
     logged = set(read_csv(done / "history.csv")[0]) | set(summary)
     for path in SWEEP_FILES:  # every sweeps/ metric is a key train.py logs; Hyperband's, every epoch
@@ -170,6 +186,29 @@ def test_grid_sweep_records_every_point_once_across_an_interruption(workdir):
         assert config["metric"]["name"] in logged, path.name
         if "early_terminate" in config:
             assert config["metric"]["name"] in read_csv(done / "history.csv")[0], path.name
+
+
+def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(workdir):
+    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, fixed={"epochs": {"value": 20}})
+    sweep_dir = workdir / "runs/sweeps/one"
+    env = clean_env(HOME=str(workdir))
+    agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: sweep_dir.exists() and run_dirs(sweep_dir) and (run_dirs(sweep_dir)[0] / "history.csv").exists(),
+             agent)
+    agent.send_signal(signal.SIGTERM)  # as a cluster ends a job: the agent passes it on and records the run
+    assert agent.wait(timeout=60) == 128 + signal.SIGTERM
+    [row] = read_csv(sweep_dir / "results.csv")
+    assert (row["status"], row["exit_code"]) == ("preempted", str(128 + signal.SIGTERM))
+    assert (sweep_dir / row["run_id"] / "checkpoint/progress.json").exists()
+
+    res = run([str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [done] = read_csv(sweep_dir / "results.csv")
+    assert (done["run_id"], done["status"]) == (row["run_id"], "finished")  # the same run, resumed
+    log = (sweep_dir / row["run_id"] / "train.log").read_text()
+    assert "preempted" in log and "resuming" in log
+    assert len(read_csv(sweep_dir / row["run_id"] / "history.csv")) == 20
 
 
 def test_hyperband_stops_a_run_that_falls_behind(workdir):
@@ -182,7 +221,7 @@ def test_hyperband_stops_a_run_that_falls_behind(workdir):
     assert res.returncode == 0, res.stdout + res.stderr
     rows = read_csv(workdir / "runs/sweeps/hb/results.csv")
     assert [(r["lr"], r["status"]) for r in rows] == [("0.1", "finished"), ("0.001", "stopped")]
-    assert int(rows[1]["exit_code"]) == -signal.SIGTERM
+    assert int(rows[1]["exit_code"]) in (-signal.SIGTERM, 128 + signal.SIGTERM)  # in start-up, or training
     assert len(read_csv(workdir / "runs/sweeps/hb" / rows[0]["run_id"] / "history.csv")) == 8
     assert len(read_csv(workdir / "runs/sweeps/hb" / rows[1]["run_id"] / "history.csv")) < 8
 
@@ -203,7 +242,7 @@ def test_dry_run_prints_the_remaining_command_lines_and_writes_nothing(workdir, 
     ("method: grid\nparameters: [lr", "expected"),  # not YAML
     ("program: PROGRAM\nmethod: grdi\nparameters: {lr: {values: [0.1]}}", "not a valid W&B sweep"),
     ("program: PROGRAM\nmethod: grid\nparameters: {learning_rate: {values: [0.1]}}", "unrecognized arguments"),
-    ("program: PROGRAM\nmethod: grid\nparameters: {lr: {values: [0.1, fast]}}", "invalid float value"),
+    ("program: PROGRAM\nmethod: grid\nparameters: {lr: {values: [0.1, fast]}}", "expected a number > 0"),
     ("program: no_such.py\nmethod: grid\nparameters: {lr: {values: [0.1]}}", "not found"),
 ], ids=["not-yaml", "not-a-sweep", "unknown-parameter", "bad-value", "no-program"])
 def test_bad_sweep_is_one_line_exit_2_before_any_run(workdir, text, words):
