@@ -182,7 +182,7 @@ BAD_INPUT = [
     (["--dataset=mnist", "--data_dir=no_such_dir"], "--data_dir no_such_dir does not exist"),
     (["--dataset=imagefolder", "--data_dir=corrupt"], "cannot read image"),
     (["--dataset=imagefolder", "--data_dir=empty"], "class folder(s) b in empty hold no images"),
-    (["--batch_size=5000"], "is larger than the 1257 training images; use --batch_size 1257 or less"),
+    (["--batch_size=5000"], "is larger than the 1259 training images; use --batch_size 1259 or less"),
     (["--config=not_yaml.yaml"], "cannot read --config not_yaml.yaml"),
     (["--config=unknown_key.yaml"], "unknown key 'learning_rate'"),
     (["--config=bad_value.yaml"], "bad value for 'epochs'"),
