@@ -1,17 +1,16 @@
 """Benchmark: wall time and test accuracy of the default `python train.py`, imports included.
 
-    python bench/default_run.py [--repeats 3]
+    python bench/default_run.py [--repeats 3] [--write]
 
 Runs the default command in a fresh folder, as a new user would (no W&B key, so W&B is offline), and prints
-the median wall time, its ratio to the 40 s budget, and the test accuracy against the 0.97 target. The table
-is also written to bench/RESULTS.md with the machine it ran on. The machine is shared and noisy: read the
+the median wall time, its ratio to the 40 s budget, and the test accuracy against the 0.97 target; --write
+puts the table in bench/RESULTS.md with the machine it ran on. The machine is shared and noisy: read the
 median, and rerun when something else was busy.
 """
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, add_write_flag, report
+
 BUDGET_S, TARGET_ACC = 40.0, 0.97
 
 
@@ -37,20 +37,13 @@ def one_run():
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
+    add_write_flag(p)
     args = p.parse_args()
     runs = [one_run() for _ in range(args.repeats)]
     walls = [w for w, _ in runs]
     accs = [s["test/acc"] for _, s in runs]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     med = statistics.median(walls)
-    lines = [
-        "# Benchmarks",
-        "",
-        "## Default run: `python train.py`",
-        "",
-        f"Machine: {machine}. Command: `python bench/default_run.py --repeats {args.repeats}` "
-        f"({time.strftime('%Y-%m-%d')}).",
-        "",
+    body = "\n".join([
         "| measure | runs | median | min | max | target | ratio to target |",
         "|---|---|---|---|---|---|---|",
         f"| wall time, imports included (s) | {len(walls)} | {med:.1f} | {min(walls):.1f} | {max(walls):.1f} "
@@ -61,11 +54,8 @@ def main():
         "| | | | |",
         f"| of which training loop (s) | {len(runs)} | {statistics.median(s['time/train_s'] for _, s in runs):.1f} "
         "| | | | |",
-        "",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "RESULTS.md").write_text(text)
+    ])
+    report(args, "Default run: `python train.py`", body)
 
 
 if __name__ == "__main__":
