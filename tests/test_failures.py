@@ -188,7 +188,10 @@ BAD_INPUT = [
     (["--config=bad_value.yaml"], "bad value for 'epochs'"),
     (["--mixed_precision=fp16"], "fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
     (["--pretrained", "--pretrained_path=no_weights.pth"], "--pretrained_path no_weights.pth is not a file"),
-    (["--batch_sise=64"], "unrecognized arguments: --batch_sise=64"),
+    (["--batch_sise=64"], "unrecognized arguments: --batch_sise=64"),  # a typo must not quietly run the default
+    (["--lr_=0.1"], "unrecognized arguments: --lr_=0.1"),  # nor a prefix match (allow_abbrev=False)
+    (["--pretrained=maybe"], "expected true/false/1/0"),
+    (["--mixed_precision=fp8"], "invalid choice: 'fp8'"),
     (["--img_size=4"], "--img_size: expected a whole number >= 8"),
     (["--val_fraction=1.5"], "must be in (0, 1)"),
     (["--noise_scale"], "set --grad_accum_steps 2 or more"),
