@@ -744,7 +744,7 @@ def finish_run(args, run, out, summary, signum):
     run.summary.update({k: v for k, v in summary.items() if k not in ("val/acc", "val/loss")})
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
     write_json(out / "summary.json", summary)
-    if args.log_model and (out / "model.safetensors").exists():
+    if args.log_model and summary["status"] != "preempted" and (out / "model.safetensors").exists():  # once, at the end
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
         artifact.add_file(str(out / "model.safetensors"))

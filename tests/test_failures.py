@@ -96,6 +96,7 @@ def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
     assert {"model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl"} <= saved
     first = wandb_records(stopped["wandb_run_dir"])
     assert any(r["type"] == "preempting" for r in first)  # wandb.mark_preempting() was called
+    assert not [r for r in first if r["type"] == "artifact" and r["artifact"]["type"] == "model"]  # not yet
 
     resumed = run(argv[1:] + ["--output_dir=cut"], cwd=workdir, env=env)  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -107,6 +108,8 @@ def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
     assert (workdir / "cut/history.csv").read_text().count("\n") == 4  # header + 3 epochs, none twice
     assert inspect_wandb(b["wandb_run_dir"])["run_id"] == inspect_wandb(stopped["wandb_run_dir"])["run_id"]
     assert b["wandb_run_dir"] != stopped["wandb_run_dir"]  # offline: a second file of the same run, for wandb sync
+    records = wandb_records(b["wandb_run_dir"])
+    assert len([r for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]) == 1
 
     for path in workdir.rglob("*"):  # config, summary, history, checkpoints, W&B's files, model artifacts
         if path.is_file():
