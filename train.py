@@ -2,18 +2,19 @@
 
     python train.py                                   # digits (ships with scikit-learn), ~30 s on 2 CPU cores
     python train.py --batch_size=256 --lr=3e-3        # any flag, as `--key=value` or `--key value`
-    python train.py --config my.yaml --epochs 20      # YAML defaults, flags override
+    python train.py --config my.yaml --epochs 20      # YAML defaults (W&B's config.yaml too), flags override
     accelerate launch --multi_gpu --num_processes 2 train.py   # one model, data-parallel, one W&B run
     wandb agent ENTITY/PROJECT/SWEEP_ID               # see sweeps/ and sweep.py
 
-Per epoch it logs train/loss, train/acc, val/loss, val/acc, lr, time/epoch_s and throughput/train_img_s
-(step metric `epoch`); at the end test/loss, test/acc, time/train_s, time/startup_s, memory/peak_mb and status.
-The same numbers go to --output_dir (default runs/<run name>/): config.json, history.csv, summary.json, and the
-best model (lowest val/loss) as model.safetensors.
+Each evaluation point (--evals_per_epoch a epoch) logs train/loss, train/acc, train/lr, val/loss, val/acc,
+time/train_s and throughput; the end of the run logs test/loss, test/acc, times, memory and status. The same
+numbers go to --output_dir (default runs/<run name>/): config.json, history.csv, summary.json, and the best
+model (lowest val/loss) as model.safetensors. INTERFACE.md lists every key.
 
 A run that diverges or runs out of memory ends with status diverged or oom and exit code 0: a result, not a
-crash. SIGTERM or Ctrl-C ends the current step, saves out/checkpoint/ and exits 128 + signal (status
-preempted); the same command again resumes it, as the same W&B run.
+crash. SIGTERM or Ctrl-C ends the current update, saves out/checkpoint/ and exits 128 + signal (status
+preempted); the same command again resumes it, as the same W&B run. The same command after the run ended
+does nothing.
 """
 
 import time
@@ -21,20 +22,20 @@ import time
 START = time.perf_counter()  # seconds; time/startup_s counts imports too
 
 import argparse
-import csv
+import ast
+import contextlib
 import difflib
 import gc
-import json
 import math
 import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import accelerate
-import numpy as np
 import timm
 import timm.data
 import timm.optim
@@ -44,15 +45,20 @@ import torch.nn.functional as F
 import wandb
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
 from tqdm import tqdm
 
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "synthetic")
-SYNTHETIC_SIZE = 5000  # images in --dataset synthetic: random uint8 RGB at img_size, 10 classes
+import runfiles
+from data import DATASETS, ConfigError, build_datasets, keep_batch, load_splits
 
-
-class ConfigError(Exception):
-    """A user mistake: main() prints it as one line and exits with code 2."""
+# Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
+RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
+            "device", "num_classes", "train_size", "val_size", "test_size", "label_noise_changed",
+            "examples_per_epoch", "updates_per_epoch")
+# Flags a resumed run may change: where and how it reports, not what it trains.
+REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
+             "wandb_tags", "log_model", "num_workers")
+BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,8 +75,8 @@ def whole(minimum):
     """An argparse type: an int >= minimum, with a message that says what to give instead."""
     def parse(text):
         try:
-            value = int(text)
-        except (TypeError, ValueError):
+            value = int(str(text))
+        except ValueError:
             value = None
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
@@ -78,14 +84,38 @@ def whole(minimum):
     return parse
 
 
-def positive(text):
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0 such as 0.001, got {text!r}")
-    return value
+def number(low, high, low_open=False, high_open=True, example="0.1"):
+    """An argparse type: a float in [low, high) (or as the flags say), with a message naming the range."""
+    def parse(text):
+        try:
+            value = float(str(text))
+        except ValueError:
+            value = math.nan
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            span = (f"{'>' if low_open else '>='} {low:g}" if high == math.inf else
+                    f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+            raise argparse.ArgumentTypeError(f"expected a number {span} such as {example}, got {text!r}")
+        return value
+    return parse
+
+
+positive = number(0, math.inf, low_open=True, example="0.001")
+
+
+def model_kwargs(text):
+    """'key=value,key=value' -> dict, values read as Python literals else kept as text (timm's --model-kwargs)."""
+    out = {}
+    for item in filter(None, (part.strip() for part in str(text).split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"expected key=value pairs separated by commas, got {text!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
 class Parser(argparse.ArgumentParser):
@@ -95,44 +125,62 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = Parser(description="Train a timm classifier; flags are named like W&B sweep parameters.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                allow_abbrev=False)  # a sweep typo such as --lr_ must never match --lr_something
-    flag = p.add_argument
 
-    def switch(name, help):
-        flag(name, type=str2bool, nargs="?", const=True, default=False, help=help)
+    def switch(group, name, help, default=False):
+        group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
 
     hp = p.add_argument_group("hyperparameters (the names sweeps use)")
     flag = hp.add_argument
     flag("--model", default="resnet10t", help="any timm.create_model name")
-    switch("--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
+    flag("--model_kwargs", type=model_kwargs, default={},
+         help="more timm.create_model arguments, e.g. norm_layer=groupnorm1 (GroupNorm instead of BatchNorm)")
+    switch(hp, "--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
     flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained")
     flag("--dataset", default="digits", choices=DATASETS)
     flag("--data_dir", default="data", help="root of torchvision datasets, or the imagefolder folder")
-    switch("--download", "let torchvision download the dataset (needs network)")
+    switch(hp, "--download", "let torchvision download the dataset (needs network)")
     flag("--img_size", type=whole(8), default=16, help="pixels; images are resized to img_size x img_size")
     flag("--train_samples", type=whole(0), default=0, help="use only this many training images; 0 = all")
-    flag("--val_fraction", type=float, default=0.1, help="of the data held out for validation")
-    flag("--test_fraction", type=float, default=0.2, help="held out for test when the dataset has no test split")
+    flag("--val_fraction", type=number(0, 1, low_open=True), default=0.1, help="of the data held out for validation")
+    flag("--test_fraction", type=number(0, 1, low_open=True), default=0.2,
+         help="held out for test when the dataset has no test split")
+    flag("--label_noise", type=number(0, 1), default=0.0,
+         help="fraction of the training labels (never val or test) replaced by another class, fixed by --seed")
     flag("--batch_size", type=whole(1), default=64, help="per process and per micro-batch")
     flag("--epochs", type=whole(1), default=10)
     flag("--lr", type=positive, default=2e-3, help="peak learning rate")
     flag("--optimizer", default="adamw", help="a timm optimizer name: adamw, sgd, adam, lamb, ...")
-    flag("--momentum", type=float, default=0.9, help="for sgd and similar")
-    flag("--weight_decay", type=float, default=0.05)
+    flag("--momentum", type=number(0, 1), default=None, help="for sgd-like optimizers (default 0.9 there)")
+    flag("--weight_decay", type=number(0, math.inf, example="0.05"), default=0.05)
     flag("--scheduler", default="cosine", choices=("cosine", "step", "constant"), help="per update, by timm")
     flag("--warmup_epochs", type=whole(0), default=0)
-    flag("--label_smoothing", type=float, default=0.0)
-    flag("--grad_accum_steps", type=whole(1), default=1)
-    flag("--clip_grad", type=float, default=0.0, help="max gradient norm; 0 = off")
-    flag("--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="fp16 needs a CUDA GPU")
-    flag("--seed", type=int, default=0, help="fixes the split, the init and the batch order")
-    switch("--noise_scale", "log the gradient noise scale noise/b_simple (needs grad_accum_steps >= 2)")
+    flag("--label_smoothing", type=number(0, 1), default=0.0)
+    flag("--grad_accum_steps", type=whole(1), default=None,
+         help="micro-batches per update (default: accelerate launch's setting, else 1)")
+    flag("--clip_grad", type=number(0, math.inf, example="1.0"), default=0.0, help="max gradient norm; 0 = off")
+    flag("--mixed_precision", default=None, choices=("no", "fp16", "bf16"),
+         help="default: accelerate launch / accelerate config's setting, else no; fp16 needs a CUDA GPU")
+    flag("--seed", type=whole(0), default=0, help="fixes the split, the label noise, the init and the batch order")
+    switch(hp, "--noise_scale", "log the gradient noise scale noise/b_simple (needs grad_accum_steps >= 2)")
     flag("--early_stopping_patience", type=whole(0), default=0,
-         help="stop after this many epochs without a lower val/loss, and test the best epoch's weights; 0 = off")
+         help="stop after this many evaluation points without a lower val/loss, and test the best point's "
+              "weights; 0 = off")
+
+    ev = p.add_argument_group("evaluation")
+    flag = ev.add_argument
+    switch(ev, "--precise_bn", "recompute batch-norm statistics on the training split before each evaluation "
+           "(Wu & Johnson 2021) instead of using the running averages")
+    flag("--evals_per_epoch", type=whole(1), default=1, help="validation points per epoch, at evenly spaced updates")
+    flag("--target_val_acc", type=number(0, 1, high_open=False), default=0.0,
+         help="record the first point with val/acc >= this as target/updates, target/examples, target/train_s; "
+              "0 = off")
+    switch(ev, "--stop_at_target", "end the run there (status reached_target)")
 
     infra = p.add_argument_group("infrastructure")
     flag = infra.add_argument
-    flag("--config", default="", help="YAML file of flag defaults; flags given here override it")
+    flag("--config", default="", help="YAML file of flag defaults (or a W&B run's config.yaml); flags override it")
     flag("--output_dir", default="", help="default runs/<run name>")
     flag("--run_name", default="")
     flag("--wandb_mode", default="", choices=("", "online", "offline", "disabled"),
@@ -141,12 +189,13 @@ def build_parser():
     flag("--wandb_entity", default="")
     flag("--wandb_group", default="", help="default: $WANDB_RUN_GROUP")
     flag("--wandb_tags", default="", help="comma-separated")
-    switch("--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
+    switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
     flag("--num_workers", type=whole(0), default=0, help="loader workers; in-memory data needs none")
-    switch("--cpu", "train on the CPU even when a GPU is present")
-    switch("--channels_last", "NHWC memory format for the model and its inputs")
-    switch("--compile", "torch.compile the model (through Accelerate's dynamo_backend=inductor)")
-    switch("--cudnn_benchmark", "let cuDNN time its kernels for the first batch shapes (CUDA only)")
+    switch(infra, "--cpu", "train on the CPU even when a GPU is present")
+    switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
+    switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
+           "dynamo setting, else off)", default=None)
+    switch(infra, "--cudnn_benchmark", "let cuDNN time its kernels for the first batch shapes (CUDA only)")
     return p
 
 
@@ -162,17 +211,31 @@ def parse_args(argv=None):
 
 
 def load_config_file(parser, path):
+    """Flag defaults from YAML: plain `key: value`, or a W&B run's config.yaml (`key: {value: ...}`)."""
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read --config {path}: {e}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must be a mapping of flag names to values")
+    values = {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in values.items()
+              if k not in ("wandb_version", "_wandb", "config")}  # W&B's keys, and the file a run was given
+    skipped = sorted(k for k in values if k in RECORDED)
+    if skipped:
+        print(f"train.py: --config {path}: ignoring {', '.join(skipped)} (recorded by a run, not flags)",
+              file=sys.stderr)
     actions = {a.dest: a for a in parser._actions}
     out = {}
     for key, value in values.items():
-        if key not in actions or key in ("config", "help"):
+        if key in RECORDED:
+            continue
+        if key not in actions or key == "help":
             raise ConfigError(f"unknown key {key!r} in --config {path}; use the flag names of --help")
+        if key == "model_kwargs" and isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"{key} in --config {path} is a list or mapping; a flag takes one value "
+                              "(lists of values to try belong in a sweep file)")
         action = actions[key]
         try:
             out[key] = action.type(value) if action.type and value is not None else value
@@ -184,173 +247,120 @@ def load_config_file(parser, path):
 
 
 def check_args(a):
+    """The mistakes a user can make in flags alone, each with its fix."""
+    tags = [t.strip() for t in a.wandb_tags.split(",") if t.strip()]
     rules = [
-        (0 < a.val_fraction < 1 and 0 < a.test_fraction < 1, "--val_fraction and --test_fraction must be in (0, 1)"),
-        (not a.noise_scale or a.grad_accum_steps >= 2,
-         "--noise_scale compares micro-batch and accumulated gradients: set --grad_accum_steps 2 or more"),
-        (a.mixed_precision != "fp16" or (torch.cuda.is_available() and not a.cpu),
-         "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
+        (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
         (a.dataset in ("digits", "synthetic") or a.download or Path(a.data_dir).exists(),
          f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
+        (not (a.output_dir and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir()),
+         f"--output_dir {a.output_dir} is a file; give a folder"),
+        (all(len(t) <= 64 for t in tags), "W&B tags are at most 64 characters; shorten --wandb_tags"),
+        ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
+         "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
+        (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
+        (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
+                                                                                  and not a.cpu),
+         "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
+        (not a.noise_scale or int(launcher_setting(a.grad_accum_steps, "GRADIENT_ACCUMULATION_STEPS", 1)) >= 2,
+         "--noise_scale compares micro-batch and accumulated gradients: set --grad_accum_steps 2 or more"),
+        (a.optimizer.lower() in timm.optim.list_optimizers(),
+         f"unknown --optimizer {a.optimizer!r}; choose a timm optimizer such as "
+         f"{', '.join(difflib.get_close_matches(a.optimizer, timm.optim.list_optimizers(), 3) or ['adamw', 'sgd'])}"),
     ]
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    a.wandb_tags = ",".join(tags)
+    if a.momentum is not None and a.optimizer.lower() in timm.optim.list_optimizers():
+        if not timm.optim.get_optimizer_info(a.optimizer.lower()).has_momentum:
+            raise ConfigError(f"--optimizer {a.optimizer} takes no momentum (its betas play that part); "
+                              "drop --momentum or use sgd")
     if not (a.model in timm.list_models() or timm.is_model(a.model)):
         close = difflib.get_close_matches(a.model, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise ConfigError(f"unknown timm model {a.model!r}; {hint}")
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: small datasets live in memory as uint8 tensors; a whole batch is resized and normalised at once
-
-class TensorImages(torch.utils.data.Dataset):
-    def __init__(self, images, labels, img_size, mean, std, memory_format=torch.contiguous_format):
-        self.images, self.labels, self.img_size = images, labels, img_size  # images: uint8 (N, C, H, W)
-        self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-        self.memory_format = memory_format
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitems__(self, indices):  # DataLoader fetches a batch with one call: no per-sample collate
-        indices = torch.as_tensor(indices, device=self.images.device)  # one copy to the GPU, not two
-        x = self.images[indices].float().div_(255)
-        if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True)
-        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return x, self.labels[indices]
-
-    def __getitem__(self, i):
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
+def launcher_setting(flag, name, default):
+    """A flag left unset defers to `accelerate launch` / `accelerate config`, which pass ACCELERATE_<NAME>."""
+    return flag if flag is not None else os.environ.get(f"ACCELERATE_{name}", default)
 
 
-def keep_batch(batch):
-    return batch
-
-
-def load_arrays(args):
-    """-> ({"train": (x, y)} plus "val" and "test" where the dataset has them, class names); x: uint8 NCHW."""
-    if args.dataset == "digits":  # 1,797 real 8x8 scans, values 0..16: the file sklearn's load_digits reads
-        import importlib.util  # finding the package does not import it (1 s of start-up here)
-        path = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0]) / "datasets/data/digits.csv.gz"
-        data = np.loadtxt(path, delimiter=",")
-        x = np.round(data[:, :-1].reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
-        return {"train": (x, data[:, -1].astype(int))}, [str(c) for c in range(10)]
-    if args.dataset == "synthetic":  # for benchmarks: the shape of real data with none of its cost
-        rng = np.random.default_rng(args.seed)
-        x = rng.integers(0, 256, (SYNTHETIC_SIZE, 3, args.img_size, args.img_size), dtype=np.uint8)
-        return {"train": (x, np.arange(SYNTHETIC_SIZE) % 10)}, [str(c) for c in range(10)]
-    if args.dataset == "imagefolder":
-        return load_imagefolder(args)
-    import torchvision.datasets as tvd
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
-           "fashion_mnist": tvd.FashionMNIST}[args.dataset]
-    try:
-        train, test = (cls(args.data_dir, train=t, download=args.download) for t in (True, False))
-    except RuntimeError as e:
-        raise ConfigError(f"{args.dataset} not found in --data_dir {args.data_dir} ({e}); "
-                          "add --download on a machine with network, or point --data_dir at it") from None
-    return {"train": channels_first(train), "test": channels_first(test)}, list(train.classes)
-
-
-def channels_first(ds):
-    x = np.asarray(ds.data, dtype=np.uint8)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return x, np.asarray(ds.targets)
-
-
-def load_imagefolder(args):
-    """One folder of class subfolders, or train/ (+ val/) + test/ subfolders; decoded once into memory."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
-    root = Path(args.data_dir)
-    if not root.is_dir():
-        raise ConfigError(f"--data_dir {root} is not a folder; give a folder of class subfolders")
-    to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize((args.img_size, args.img_size))])
-
-    def read(folder):
-        try:
-            ds = ImageFolder(folder, transform=to_tensor, allow_empty=True)
-        except (FileNotFoundError, OSError) as e:  # no class subfolders at all
-            raise ConfigError(f"--data_dir {folder}: {e}; put each class's images in a subfolder") from None
-        empty = sorted(set(ds.classes) - {ds.classes[t] for t in ds.targets})
-        if empty:
-            raise ConfigError(f"class folder(s) {', '.join(empty)} in {folder} hold no images; "
-                              "add images or remove the folder")
-        images = []
-        for path, _ in ds.samples:
-            try:
-                images.append(to_tensor(ds.loader(path)))
-            except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-                raise ConfigError(f"cannot read image {path} ({type(e).__name__}); fix or remove the file") from None
-        return torch.stack(images).numpy(), np.asarray(ds.targets), ds.classes
-
-    splits = ("train", "val", "test") if (root / "train").is_dir() and (root / "test").is_dir() else ()
-    if not splits:
-        x, y, classes = read(root)
-        return {"train": (x, y)}, classes
-    parts = {name: read(root / name) for name in splits if (root / name).is_dir()}
-    return {name: (x, y) for name, (x, y, _) in parts.items()}, parts["train"][2]
-
-
-def split_data(args, parts):
-    """Carve the splits a dataset lacks out of its train split: stratified by class, fixed by --seed."""
-    x, y = parts["train"]
-    rng = np.random.default_rng(args.seed)
-    idx, held, left = rng.permutation(len(y)), {}, 1.0  # left: the fraction of the data still in idx
-    for name, fraction in (("test", args.test_fraction), ("val", args.val_fraction)):
-        if name not in parts:
-            # the same share of every class, rounded; idx stays shuffled, so --train_samples takes a random subset
-            out = np.concatenate([i[:round(fraction / left * len(i))] for i in
-                                  (idx[y[idx] == c] for c in np.unique(y))])
-            idx, held[name] = idx[~np.isin(idx, out)], out
-            left -= fraction
-    if args.train_samples:
-        idx = idx[:args.train_samples]
-    if args.batch_size > len(idx):
-        raise ConfigError(f"--batch_size {args.batch_size} is larger than the {len(idx)} training images; "
-                          f"use --batch_size {len(idx)} or less")
-    held["train"] = idx
-    return {**parts, **{name: (x[np.sort(i)], y[np.sort(i)]) for name, i in held.items()}}
-
-
-def build_datasets(args, splits, data_config, device):
-    """-> train, val and test TensorImages on the device, normalised with the model's statistics."""
-    mean, std = data_config["mean"], data_config["std"]
-    if splits["train"][0].shape[1] == 1:  # a grey image: one channel with the mean of timm's RGB statistics
-        mean, std = [float(np.mean(mean))], [float(np.mean(std))]
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-
-    def make(images, labels):
-        return TensorImages(torch.from_numpy(np.ascontiguousarray(images)).to(device),
-                            torch.from_numpy(np.asarray(labels)).long().to(device), args.img_size, mean, std,
-                            memory_format)
-
-    return [make(*splits[name]) for name in ("train", "val", "test")]
+def resolve_accelerate(args, accelerator):
+    """Record what Accelerate actually uses, flags and launcher settings resolved."""
+    args.mixed_precision = accelerator.mixed_precision
+    args.grad_accum_steps = accelerator.gradient_accumulation_steps
+    args.compile = accelerator.state.dynamo_plugin.backend.value.lower() != "no"
 
 
 # ----------------------------------------------------------------------------------------------
 # Model
 
 def create_model(args, num_classes, in_chans):
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans)
-    if not args.pretrained:
-        return timm.create_model(args.model, **kwargs)
-    path = args.pretrained_path or cached_weights(args.model)  # a file, so timm never reaches for the hub
-    if not path:
-        raise ConfigError(f"no local weights for {args.model}: run timm.create_model('{args.model}', "
-                          "pretrained=True) once on a machine with network to fill the Hugging Face cache, "
-                          "or pass --pretrained_path FILE")
-    if not Path(path).is_file():
-        raise ConfigError(f"--pretrained_path {path} is not a file")
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, **args.model_kwargs)
+    path = None
+    if args.pretrained:
+        path = args.pretrained_path or cached_weights(args.model)  # a file, so timm never reaches for the hub
+        if not path:
+            raise ConfigError(f"no local weights for {args.model}: run timm.create_model('{args.model}', "
+                              "pretrained=True) once on a machine with network to fill the Hugging Face cache, "
+                              "or pass --pretrained_path FILE")
+        if not Path(path).is_file():
+            raise ConfigError(f"--pretrained_path {path} is not a file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
     try:
-        return timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:  # a file of other weights, or not weights at all
-        raise ConfigError(f"cannot load {path} into {args.model}: {str(e).splitlines()[0][:200]}") from None
+        model = timm.create_model(args.model, **kwargs)
+    except Exception as e:  # a user's weights file or model arguments that do not fit: whatever timm raises
+        if not (path or args.model_kwargs):
+            raise
+        what = (f"load {path} into {args.model}" if path
+                else f"build {args.model} with --model_kwargs {args.model_kwargs}")
+        raise ConfigError(f"cannot {what}: {str(e).splitlines()[0][:200]}") from None
+    if path:
+        check_weights_loaded(model, args, {k: v for k, v in kwargs.items() if "pretrained" not in k}, path)
+    return check_input_size(model, args, in_chans)
+
+
+def check_weights_loaded(model, args, kwargs, path):
+    """timm loads pretrained weights non-strictly when the classifier changes, so a file of another model's
+    weights can load nothing at all. Of the tensors whose init is random (it changes with the seed), most must
+    differ from the init this run would have had."""
+    with torch.random.fork_rng():
+        inits = []
+        for seed in (args.seed, args.seed + 1):
+            torch.manual_seed(seed)
+            inits.append(dict(timm.create_model(args.model, **kwargs).named_parameters()))
+    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
+    drawn = [(name, p) for name, p in model.named_parameters()
+             if id(p) not in head and not torch.equal(inits[0][name], inits[1][name])]
+    kept = [name for name, p in drawn if torch.equal(p, inits[0][name])]
+    if len(kept) > len(drawn) // 2:
+        raise ConfigError(f"cannot load {path} into {args.model}: it holds no weights for {len(kept)} of its "
+                          f"{len(drawn)} initialised tensors (such as {kept[0]}); is it another model's?")
+
+
+def check_input_size(model, args, in_chans):
+    """One forward pass of one image at --img_size, so a model that cannot take that size fails here, in one
+    line naming a size it can take, and not after the run has started."""
+    def runs_at(size):
+        try:
+            with torch.inference_mode():
+                model.eval()(torch.zeros(1, in_chans, size, size))
+            return True
+        except (RuntimeError, AssertionError, ValueError):
+            return False
+        finally:
+            model.train()
+
+    if runs_at(args.img_size):
+        return model
+    default = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
+    sizes = sorted({default, *(args.img_size * 2 ** k for k in range(1, 6))})
+    works = next((s for s in sizes if s > args.img_size and runs_at(s)), None)
+    need = f"it runs at --img_size {works}" if works else f"its default input is {default} px"
+    raise ConfigError(f"{args.model} cannot run at --img_size {args.img_size}: {need} "
+                      "(ViTs also take --model_kwargs img_size=N)")
 
 
 def cached_weights(model_name):
@@ -364,11 +374,15 @@ def cached_weights(model_name):
     return None
 
 
+def batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 # ----------------------------------------------------------------------------------------------
-# Train and evaluate: each returns a dict of metrics
+# Train and evaluate
 
 class Stop(Exception):
-    """Training ends early: status diverged, oom or preempted, after `step` batches of the epoch."""
+    """Training ends before its last epoch: a status from runfiles.STATUSES, at batch `step` of the epoch."""
 
     def __init__(self, status, step, **info):
         super().__init__(status)
@@ -377,18 +391,22 @@ class Stop(Exception):
 
 class Preemption:
     """SIGTERM (an agent or a cluster stopping the run) and SIGINT (Ctrl-C) only set a flag: training stops
-    after the current step, saves a checkpoint and exits, so no step is cut in half."""
+    after the current update and saves a checkpoint; after training, the run just finishes. Installed until
+    the process ends, so no signal cuts the test evaluation or W&B's finish in half."""
 
     def __init__(self):
         self.signal = None
-        self.old = {sig: signal.signal(sig, self.request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request)
 
     def request(self, signum, frame):
-        self.signal = signum
+        self.signal = self.signal or signum
 
-    def release(self):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
+
+def is_oom(error):
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 def grad_sq_norm(model):
@@ -396,79 +414,8 @@ def grad_sq_norm(model):
     return torch.stack(torch._foreach_norm(grads)).float().pow(2).sum()
 
 
-def train_one_epoch(args, accelerator, model, loader, optimizer, scheduler, epoch, updates, preemption, resumed=None):
-    """One pass over this rank's shard (the rest of it after a resume). Raises Stop.
-    With --noise_scale it also measures McCandlish et al.'s B_simple."""
-    model.train()
-    device = accelerator.device
-    # loss sum, correct, samples; on resume the main rank carries what the interrupted part of the epoch summed
-    restored = torch.tensor(resumed["sums"] if resumed and accelerator.is_main_process else [0.0] * 3, device=device)
-    sums = restored.clone()
-    noise = torch.zeros(3, device=device)  # sums of the tr(Sigma) and |G|^2 estimates, and their count
-    b_small = args.batch_size
-    b_big = args.batch_size * args.grad_accum_steps * accelerator.num_processes
-    fresh = True  # grads are zero: the next backward gives one micro-batch's gradient
-    small = None  # |g|^2 of the first micro-batch of the current accumulation cycle
-    step = resumed["step"] if resumed else 0  # batches of this epoch done, the same on every rank
-    stopping = False
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-               disable=not (accelerator.is_main_process and sys.stderr.isatty()))  # agent logs get plain lines
-    for x, y in bar:
-        step += 1
-        with accelerator.accumulate(model):
-            oom = None
-            try:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            except (torch.OutOfMemoryError, MemoryError):
-                oom = memory_now(device)  # the figures at that moment, before anything is freed
-            # One all-reduce of 3 numbers per step, before backward's own collectives: every rank then takes
-            # the same branch, and none is left waiting in a collective that another has walked away from.
-            # It is also this step's only host sync: the loss is checked on the device.
-            flags = torch.tensor([oom is not None, False, preemption.signal is not None], device=device).float()
-            if oom is None:
-                flags[1] = (~torch.isfinite(loss.detach())).float()
-            any_oom, diverged, asked = (accelerator.reduce(flags) > 0).tolist()
-            if any_oom:
-                raise Stop("oom", step, **(oom or memory_now(device)))
-            if diverged:
-                raise Stop("diverged", step)
-            stopping = stopping or asked
-            try:
-                accelerator.backward(loss)
-                if args.noise_scale and fresh and not accelerator.sync_gradients:
-                    # Accelerate divides the loss by grad_accum_steps; undo that to get one micro-batch's |g|^2.
-                    small = grad_sq_norm(model) * (args.grad_accum_steps / grad_scale(accelerator)) ** 2
-                fresh = accelerator.sync_gradients  # after this step's zero_grad the next backward starts a cycle
-                if accelerator.sync_gradients and small is not None:
-                    big = grad_sq_norm(model) / grad_scale(accelerator) ** 2  # all-reduced, accumulated gradient
-                    noise += torch.stack([(small - big) / (1 / b_small - 1 / b_big),
-                                          (b_big * big - b_small * small) / (b_big - b_small), torch.ones_like(big)])
-                    small = None
-                if accelerator.sync_gradients and args.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad()
-            except (torch.OutOfMemoryError, MemoryError):  # one rank alone: the others may wait in all-reduce
-                raise Stop("oom", step, **memory_now(device)) from None
-            if accelerator.sync_gradients:
-                updates += 1
-                scheduler.step_update(updates)
-        sums += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float(),
-                             loss.new_tensor(float(len(y)))])
-        if stopping and accelerator.sync_gradients:  # a whole update done: its state can be saved
-            raise Stop("preempted", step, sums=accelerator.reduce(sums).tolist(), updates=updates)
-    totals = accelerator.reduce(sums)
-    train_s = time.perf_counter() - start  # reduce() synchronised the device
-    loss, acc, n = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), totals[2].item()
-    trained = n - accelerator.reduce(restored)[2].item()  # images trained in this process's time
-    metrics = {"train/loss": loss, "train/acc": acc, "throughput/train_img_s": trained / train_s}
-    if args.noise_scale:  # per-cycle means of the two estimates; their ratio is B_simple
-        noise = accelerator.reduce(noise, "mean")
-        tr_sigma, g2 = (noise[:2] / noise[2].clamp(min=1)).tolist()
-        metrics.update({"noise/trace_sigma": tr_sigma, "noise/grad_sq": g2, "noise/b_simple": b_simple(tr_sigma, g2)})
-    return metrics, int(sums[2].item() - restored[2].item())
+def grad_scale(accelerator):
+    return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
 
 def b_simple(tr_sigma, g2):
@@ -476,12 +423,66 @@ def b_simple(tr_sigma, g2):
     return tr_sigma / g2 if g2 > 0 else float("nan")
 
 
-def grad_scale(accelerator):
-    return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+class NoiseScale:
+    """McCandlish et al. 2018's B_simple = tr(Sigma)/|G|^2, from |g|^2 of the first micro-batch of each update
+    (B = batch_size) and of the accumulated, all-reduced gradient (B = global batch)."""
+
+    def __init__(self, args, accelerator):
+        self.on, self.accelerator, self.accum = args.noise_scale, accelerator, args.grad_accum_steps
+        self.b_small = args.batch_size
+        self.b_big = args.batch_size * args.grad_accum_steps * accelerator.num_processes
+        self.sums = torch.zeros(3, device=accelerator.device)  # tr(Sigma) and |G|^2 estimates, their count
+        self.small = None  # |g|^2 of the current update's first micro-batch
+        self.fresh = True  # grads are zero: the next backward gives one micro-batch's gradient
+
+    def after_backward(self, model):
+        acc = self.accelerator
+        if not self.on:
+            return
+        if self.fresh and not acc.sync_gradients:
+            # Accelerate divides the loss by grad_accum_steps; undo that to get one micro-batch's |g|^2.
+            self.small = grad_sq_norm(model) * (self.accum / grad_scale(acc)) ** 2
+        self.fresh = acc.sync_gradients  # after this update's zero_grad the next backward starts a cycle
+        if acc.sync_gradients and self.small is not None:
+            big = grad_sq_norm(model) / grad_scale(acc) ** 2
+            b, B = self.b_small, self.b_big
+            self.sums += torch.stack([(self.small - big) / (1 / b - 1 / B), (B * big - b * self.small) / (B - b),
+                                      torch.ones_like(big)])
+            self.small = None
+
+    def interval(self):
+        """Per-update means of the two estimates since the last call, and their ratio; resets."""
+        if not self.on:
+            return {}
+        sums = self.accelerator.reduce(self.sums, "mean")
+        self.sums.zero_()
+        tr_sigma, g2 = (sums[:2] / sums[2].clamp(min=1)).tolist()
+        return {"noise/trace_sigma": tr_sigma, "noise/grad_sq": g2, "noise/b_simple": b_simple(tr_sigma, g2)}
+
+
+class SavedTensors:
+    """The bytes autograd keeps for backward (activations: what grows with batch size), parameters excluded.
+    Each storage counts once, however many views of it are saved."""
+
+    def __init__(self, model):
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages = {}
+
+    def pack(self, tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.params:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+
+    def mb(self):
+        return sum(self.storages.values()) / 2**20
 
 
 @torch.inference_mode()
-def evaluate(args, accelerator, model, loader, prefix):
+def evaluate(accelerator, model, loader, prefix):
     """Loss and accuracy over the whole split, gathered across ranks without the padding duplicates."""
     model.eval()
     losses, preds, labels = [], [], []
@@ -492,8 +493,410 @@ def evaluate(args, accelerator, model, loader, prefix):
         losses.append(loss)
         preds.append(pred)
         labels.append(y)
+    model.train()
     loss, pred, y = torch.cat(losses).float(), torch.cat(preds), torch.cat(labels)
     return {f"{prefix}/loss": loss.mean().item(), f"{prefix}/acc": (pred == y).float().mean().item()}, pred, y
+
+
+def recompute_batch_norm(accelerator, model, loader):
+    """Precise BN (Wu & Johnson 2021): each batch-norm layer's statistics become the plain average over the
+    training split, in train mode without gradients, instead of the running average of the last updates."""
+    torch.optim.swa_utils.update_bn(loader, accelerator.unwrap_model(model))
+
+
+def average_batch_norm(accelerator, model):
+    """Every rank evaluates with the same statistics (their mean), so the gathered evaluation is one model's.
+    DDP only broadcasts rank 0's buffers at the next training forward."""
+    if accelerator.num_processes == 1:
+        return
+    for bn in batch_norms(model):
+        for buf in (bn.running_mean, bn.running_var):
+            if buf is not None:
+                buf.copy_(accelerator.reduce(buf, "mean"))
+
+
+# ----------------------------------------------------------------------------------------------
+# A run: setup, the training loop, finish
+
+class Training:
+    """One run: its Accelerator, model, data, W&B run and output folder, and the counters the loop keeps."""
+
+    def __init__(self, args):
+        # Everything a user can get wrong is checked before the first file is written.
+        self.args = args
+        set_seed(args.seed)
+        splits, self.classes = load_splits(args)
+        set_seed(args.seed)
+        model = create_model(args, len(self.classes), in_chans=splits["train"][0].shape[1])
+        plugin = GradientAccumulationPlugin(num_steps=args.grad_accum_steps) if args.grad_accum_steps else None
+        acc = self.accelerator = Accelerator(
+            cpu=args.cpu or not torch.cuda.is_available(),  # cpu=True: real gloo ranks on a CPU machine
+            mixed_precision=args.mixed_precision,  # None: what `accelerate launch` or `accelerate config` set
+            gradient_accumulation_plugin=plugin,
+            dynamo_backend=None if args.compile is None else "inductor" if args.compile else "no",
+            # the shuffle order depends on (seed, epoch) only, so a resumed epoch repeats it
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed))
+        resolve_accelerate(args, acc)
+        self.main = acc.is_main_process
+        if acc.device.type == "cuda":
+            torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        train_set, val_set, test_set = build_datasets(args, splits, timm.data.resolve_model_data_config(model),
+                                                      acc.device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.has_bn = bool(batch_norms(model))
+        self.saved = SavedTensors(model)
+        try:
+            optimizer = timm.optim.create_optimizer_v2(model, opt=args.optimizer, lr=args.lr,
+                                                       weight_decay=args.weight_decay,
+                                                       **({} if args.momentum is None else {"momentum": args.momentum}))
+        except (AssertionError, ImportError, ValueError) as e:  # CUDA-only or uninstalled optimizers
+            raise ConfigError(f"--optimizer {args.optimizer} cannot run here ({e}); try adamw or sgd") from None
+
+        def loader(ds, batch_size, shuffle=False, drop_last=False):
+            return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                                               collate_fn=keep_batch, num_workers=args.num_workers)
+
+        eval_batch = max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
+        # The training loader drops a short last batch, as the reference scripts do: a batch of one image
+        # breaks batch norm, and every update then sees batch_size images.
+        self.model, self.optimizer, self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
+            model, optimizer, loader(train_set, args.batch_size, shuffle=True, drop_last=True),
+            loader(val_set, eval_batch), loader(test_set, eval_batch),
+            loader(train_set, max(1, min(eval_batch, len(train_set) // acc.num_processes)), drop_last=True))
+        if len(self.train_dl) == 0:
+            raise ConfigError(f"--batch_size {args.batch_size} x {acc.num_processes} processes is more than the "
+                              f"{len(train_set)} training images; use a smaller --batch_size")
+        self.updates_per_epoch = math.ceil(len(self.train_dl) / args.grad_accum_steps)
+        # evaluation points: evenly spaced updates of each epoch, the last one at its end
+        k = min(args.evals_per_epoch, self.updates_per_epoch)
+        self.eval_at = {round(self.updates_per_epoch * j / k) for j in range(1, k + 1)}
+        self.scheduler, _ = timm.scheduler.create_scheduler_v2(
+            self.optimizer, sched=args.scheduler, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+            decay_epochs=max(1, args.epochs // 3), step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
+        acc.register_for_checkpointing(self.scheduler)
+
+        self.config = {**vars(args), **versions(), **git_info(),
+                       "global_batch_size": args.batch_size * acc.num_processes * args.grad_accum_steps,
+                       "num_processes": acc.num_processes, "device": device_name(acc),
+                       "num_classes": len(self.classes), "train_size": len(train_set), "val_size": len(val_set),
+                       "test_size": len(test_set), "updates_per_epoch": self.updates_per_epoch,
+                       "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
+                       "label_noise_changed": round(args.label_noise * len(train_set))}
+        self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
+        self.progress = None
+        if self.out:
+            self.check_folder()
+        self.history = []
+        if self.progress:
+            acc.load_state(self.out / "checkpoint")
+            self.history = [h for h in runfiles.read_history(self.out / runfiles.HISTORY)
+                            if h["update"] <= self.progress["updates"]]
+        resume_id = self.progress and self.progress["wandb_run_id"]
+        self.run = start_wandb(args, self.config, resume_id) if self.main else None
+        if self.out is None:  # runs/<W&B's folder name>, the same on every rank
+            self.out = Path(broadcast_object_list([str(Path("runs") / run_folder(self.run)) if self.main else None])[0])
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not self.progress:  # a fresh start: nothing of an earlier attempt stays beside it
+                for name in (runfiles.HISTORY, runfiles.SUMMARY, "model.safetensors"):
+                    (self.out / name).unlink(missing_ok=True)
+            runfiles.write_json(self.out / runfiles.CONFIG, self.config)
+            if self.progress:
+                runfiles.write_history(self.out / runfiles.HISTORY, self.history)  # drops rows past the checkpoint
+                print(f"resuming {self.out} at epoch {self.progress['epoch'] + 1}, batch {self.progress['step']}",
+                      flush=True)
+
+    def check_folder(self):
+        """A checkpoint in the output folder means a stopped run to resume with the same flags; a summary
+        without one, a run that already ended (raises Done)."""
+        out, args = self.out, self.args
+        if self.main:
+            finish_cut_swap(out)
+        self.accelerator.wait_for_everyone()
+        self.progress = runfiles.read_json(out / "checkpoint" / "progress.json")
+        summary = runfiles.read_json(out / runfiles.SUMMARY)
+        if not self.progress and summary and summary.get("status") != "preempted":
+            raise Done(f"{out} already holds a run that ended ({summary.get('status')}): nothing to do; delete the "
+                       "folder or choose another --output_dir to run again")
+        if self.progress:
+            then = self.progress["flags"]
+            now = {k: v for k, v in vars(args).items() if k not in REPORTING}
+            differ = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+            if differ:
+                was = ", ".join(f"{k}={then.get(k)}" for k in differ)
+                raise ConfigError(f"{out} holds a checkpoint of a run with {was}; resume it with the same flags, "
+                                  "or choose another --output_dir to start a new run")
+
+    def train(self):
+        """The epoch loop, evaluating at each point; -> the summary."""
+        args, acc, p = self.args, self.accelerator, self.progress or {}
+        self.preemption = Preemption()
+        self.noise = NoiseScale(args, acc)
+        self.updates, self.examples = p.get("updates", 0), p.get("examples", 0)
+        self.clock = dict(p.get("clock", {"train": 0.0, "eval": 0.0, "precise_bn": 0.0}))
+        self.activations_mb = p.get("activations_mb", math.nan)
+        self.bn_fresh_at = None  # the update at which batch norm was last recomputed
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        # loss sum, correct, images since the last point; on resume the main rank carries the interrupted ones
+        self.sums = torch.tensor(p["sums"] if p and self.main else [0.0] * 3, device=acc.device)
+        summary = {"status": "finished", "time/startup_s": time.perf_counter() - START}
+        first, step = p.get("epoch", 0), p.get("step", 0)
+        epoch = first
+        self.t0 = time.perf_counter() - p.get("interval_s", 0.0)  # seconds: the interval resumed, as trained
+        try:
+            for epoch in range(first, args.epochs):
+                self.train_dl.set_epoch(epoch)
+                loader = acc.skip_first_batches(self.train_dl, step) if step else self.train_dl
+                loader.set_epoch(epoch)
+                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                           disable=not (self.main and sys.stderr.isatty()))  # agent logs get plain lines only
+                for x, y in bar:
+                    step += 1
+                    self.train_step(x, y, step)
+                    if not acc.sync_gradients:
+                        continue
+                    self.updates += 1
+                    if self.updates - epoch * self.updates_per_epoch in self.eval_at:
+                        self.evaluation_point(step)
+                    if self.stopping:  # a whole update is done: its state can be saved
+                        raise Stop("preempted", step)
+                if epoch == 0 and not p:  # proves the data is sharded: each rank trains on its own part
+                    summary["data/samples_per_rank"] = acc.gather(
+                        torch.tensor([step * args.batch_size], device=acc.device)).tolist()
+                step = 0
+        except Stop as stop:
+            summary.update({"status": stop.status, "stop/epoch": epoch + 1, "stop/step": stop.step})
+            if stop.status == "oom":
+                summary.update({"oom/batch_size": args.batch_size, **{f"oom/{k}": v for k, v in stop.info.items()}})
+            elapsed = time.perf_counter() - self.t0  # the interval cut short
+            if stop.status == "preempted":
+                error = self.save_checkpoint(epoch, stop.step, elapsed)
+                summary.update({"checkpoint_error": error} if error else {})
+            else:
+                self.examples += int(acc.reduce(self.sums)[2].item())
+            self.clock["train"] += elapsed
+        return summary
+
+    def train_step(self, x, y, step):
+        """One micro-batch: forward, the ranks' agreement on how to go on, backward, and the update when due.
+        Raises Stop (oom, diverged)."""
+        args, acc, model = self.args, self.accelerator, self.model
+        first = self.updates == 0 and step == 1 and not self.progress and not args.compile
+        with acc.accumulate(model):
+            oom = None
+            try:
+                with self.saved.hooks() if first else contextlib.nullcontext():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            except (RuntimeError, MemoryError) as e:
+                if not is_oom(e):
+                    raise
+                oom = memory_now(acc.device)  # the figures at that moment, before anything is freed
+            # One all-reduce of 3 numbers per step, before backward's own collectives: every rank then takes
+            # the same branch, and none is left waiting in a collective that another has walked away from.
+            # It is also this step's only host sync: the loss is checked on the device.
+            flags = torch.tensor([oom is not None, False, self.preemption.signal is not None], device=acc.device)
+            if oom is None:
+                flags[1] = ~torch.isfinite(loss.detach())
+            any_oom, diverged, asked = (acc.reduce(flags.float()) > 0).tolist()
+            if any_oom:
+                raise Stop("oom", step, **(oom or memory_now(acc.device)))
+            if diverged:
+                raise Stop("diverged", step)
+            self.stopping = asked
+            if first:
+                self.activations_mb = self.saved.mb()
+            try:
+                acc.backward(loss)
+                self.noise.after_backward(model)
+                if acc.sync_gradients:
+                    if args.clip_grad:
+                        acc.clip_grad_norm_(model.parameters(), args.clip_grad)
+                    self.lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+            except (RuntimeError, MemoryError) as e:  # one rank alone: the others may wait in all-reduce
+                if not is_oom(e):
+                    raise
+                raise Stop("oom", step, **memory_now(acc.device)) from None
+            if acc.sync_gradients:
+                self.scheduler.step_update(self.updates + 1)
+        self.sums += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float(),
+                                  loss.new_tensor(float(len(y)))])
+
+    def evaluation_point(self, step):
+        """Close the training interval, evaluate on validation, and record one history row."""
+        args, acc = self.args, self.accelerator
+        loss_sum, correct, n = acc.reduce(self.sums).tolist()  # synchronises the device: the clock is exact
+        interval_s = time.perf_counter() - self.t0
+        self.clock["train"] += interval_s
+        self.sums.zero_()
+        self.examples += int(n)
+        row = {"epoch": self.updates / self.updates_per_epoch, "update": self.updates, "examples": self.examples,
+               "train/loss": loss_sum / n, "train/acc": correct / n, "train/lr": self.lr}
+        row.update(self.evaluate(self.val_dl, "val")[0])
+        row.update({"time/train_s": self.clock["train"], "throughput/train_img_s": n / interval_s,
+                    **self.noise.interval()})
+        best = min((h["val/loss"] for h in self.history), default=math.inf)
+        self.history.append(row)
+        if row["val/loss"] < best:  # the best model so far, on every rank's call; the main process writes
+            acc.save_model(self.model, self.out)
+        if self.main:
+            self.run.log(row)
+            runfiles.write_history(self.out / runfiles.HISTORY, self.history)
+            tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        self.t0 = time.perf_counter()
+        reached = args.target_val_acc and row["val/acc"] >= args.target_val_acc
+        if reached and args.stop_at_target:
+            raise Stop("reached_target", step)
+        if args.early_stopping_patience and points_since_best(self.history) >= args.early_stopping_patience:
+            raise Stop("early_stopped", step)
+
+    def evaluate(self, loader, prefix):
+        """evaluate(), after precise BN when asked; both timed apart from training. Raises Stop (oom)."""
+        start = time.perf_counter()
+        try:
+            if self.args.precise_bn and self.bn_fresh_at != self.updates:
+                recompute_batch_norm(self.accelerator, self.model, self.bn_dl)
+                self.bn_fresh_at = self.updates
+                self.clock["precise_bn"] += time.perf_counter() - start
+                start = time.perf_counter()
+            average_batch_norm(self.accelerator, self.model)
+            result = evaluate(self.accelerator, self.model, loader, prefix)
+        except (RuntimeError, MemoryError) as e:
+            if not is_oom(e):
+                raise
+            raise Stop("oom", 0, phase=prefix, **memory_now(self.accelerator.device)) from None
+        self.clock["eval"] += time.perf_counter() - start
+        return result
+
+    def save_checkpoint(self, epoch, step, interval_s):
+        """Model, optimizer, scheduler and RNG states (accelerator.save_state) plus progress.json, written beside
+        the old checkpoint and swapped in; progress.json is written last, so its presence means whole.
+        -> "" when saved, else why not (a full disk: the run then cannot resume, but nothing crashes)."""
+        acc, out = self.accelerator, self.out
+        progress = {"epoch": epoch, "step": step, "updates": self.updates, "examples": self.examples,
+                    "sums": acc.reduce(self.sums).tolist(), "clock": self.clock, "interval_s": interval_s,
+                    "activations_mb": self.activations_mb,
+                    "flags": {k: v for k, v in vars(self.args).items() if k not in REPORTING},
+                    "wandb_run_id": self.run.id if self.main else None}
+        tmp = out / "checkpoint.tmp"
+        error = ""
+        try:
+            if self.main:
+                remove_checkpoint(tmp)
+            acc.wait_for_everyone()
+            acc.save_state(tmp)
+            acc.wait_for_everyone()
+            if self.main:
+                runfiles.write_json(tmp / "progress.json", progress)
+                swap_in_checkpoint(out)
+        except OSError as e:  # ENOSPC and the like: leave no half checkpoint behind
+            error = f"checkpoint not saved ({e.strerror or e}); the run cannot resume"
+            if self.main:
+                remove_checkpoint(tmp)
+                print(error, file=sys.stderr, flush=True)
+        acc.wait_for_everyone()
+        return error
+
+    def finish(self, summary):
+        """Test metrics, memory and the summary, in W&B and summary.json; the checkpoint goes once the run has
+        ended for good. -> the summary."""
+        args, acc, status = self.args, self.accelerator, summary["status"]
+        if status == "oom":  # give the memory back before the final reports
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if acc.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if args.early_stopping_patience and status in runfiles.COMPLETED and self.history:
+            load_best_model(acc, self.model, self.out)
+            self.bn_fresh_at = self.updates  # the saved weights carry their own point's batch-norm statistics
+        summary.update(self.final_metrics(status))
+        if status in runfiles.COMPLETED:
+            try:
+                test, pred, y = self.evaluate(self.test_dl, "test")
+                summary.update(test)
+                if self.main:
+                    self.run.log({"test/confusion_matrix": wandb.plot.confusion_matrix(
+                        y_true=y.tolist(), preds=pred.tolist(), class_names=self.classes)})
+            except Stop as stop:
+                summary.update({"status": "oom", "oom/phase": "test", "oom/batch_size": args.batch_size,
+                                **{f"oom/{k}": v for k, v in stop.info.items() if k != "phase"}})
+        peak = peak_memory(acc)  # the largest over the ranks
+        summary.update(zip(peak, acc.reduce(torch.tensor(list(peak.values()), device=acc.device), "max").tolist(),
+                           strict=True))
+        if self.main:
+            finish_run(args, self.run, self.out, summary, self.preemption.signal)
+            if summary["status"] != "preempted":
+                remove_checkpoint(self.out / "checkpoint")  # ended for good: nothing left to resume
+            if self.has_bn and not args.precise_bn and self.updates < BN_SETTLED and status in runfiles.COMPLETED:
+                print(f"note: evaluation used batch-norm running statistics from only {self.updates} updates; "
+                      "--precise_bn recomputes them on the training data", flush=True)
+        acc.end_training()
+        return summary
+
+    def final_metrics(self, status):
+        nan, h = float("nan"), self.history
+        last = h[-1] if h else {}
+        out = {"epoch": self.updates / self.updates_per_epoch, "update": self.updates, "examples": self.examples,
+               "train/loss": last.get("train/loss", nan), "train/acc": last.get("train/acc", nan),
+               "val/acc": max((r["val/acc"] for r in h), default=nan),
+               "val/loss": min((r["val/loss"] for r in h), default=nan),
+               "val/acc_final": last.get("val/acc", nan), "val/loss_final": last.get("val/loss", nan),
+               "test/loss": nan, "test/acc": nan,
+               "time/train_s": self.clock["train"], "time/eval_s": self.clock["eval"],
+               "time/precise_bn_s": self.clock["precise_bn"],
+               "throughput/train_img_s": self.examples / self.clock["train"] if self.clock["train"] else nan,
+               "memory/activations_mb": self.activations_mb}
+        if self.args.target_val_acc:
+            hit = next((r for r in h if r["val/acc"] >= self.args.target_val_acc), {})
+            out.update({f"target/{k}": hit.get(key, nan) for k, key in
+                        (("updates", "update"), ("examples", "examples"), ("train_s", "time/train_s"),
+                         ("epoch", "epoch"))})
+        if self.args.noise_scale and h:  # over the whole run: the ratio of the summed estimates, far less noisy
+            out["noise/b_simple"] = b_simple(sum(r["noise/trace_sigma"] for r in h), sum(r["noise/grad_sq"] for r in h))
+        return out
+
+
+class Done(Exception):
+    """The output folder holds a run that already ended: the same command again has nothing to do."""
+
+
+def points_since_best(history):
+    losses = [h["val/loss"] if math.isfinite(h["val/loss"]) else math.inf for h in history]
+    return len(history) - 1 - losses.index(min(losses))
+
+
+def load_best_model(accelerator, model, out):
+    """The lowest-val/loss point's weights, which accelerator.save_model wrote to out/model.safetensors."""
+    from safetensors.torch import load_file
+    accelerator.wait_for_everyone()
+    accelerator.unwrap_model(model).load_state_dict(load_file(out / "model.safetensors", device="cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: the swap is two renames, and progress.json goes first when one is deleted, so that a kill at
+# any moment leaves either a whole checkpoint (with progress.json) or none
+
+def finish_cut_swap(out):
+    """A whole checkpoint.tmp (it has progress.json) beside no whole checkpoint/: a kill cut the swap short."""
+    if not (out / "checkpoint" / "progress.json").exists() and (out / "checkpoint.tmp" / "progress.json").exists():
+        swap_in_checkpoint(out)
+
+
+def swap_in_checkpoint(out):
+    final, old = out / "checkpoint", out / "checkpoint.old"
+    remove_checkpoint(old)
+    if final.exists():
+        final.rename(old)
+    (out / "checkpoint.tmp").rename(final)
+    remove_checkpoint(old)
+
+
+def remove_checkpoint(folder):
+    (folder / "progress.json").unlink(missing_ok=True)  # first: a half-deleted checkpoint is never resumed
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,42 +912,37 @@ def start_wandb(args, config, resume_id=None):
     mode, defaulted = wandb_mode(args)
     if mode == "disabled":
         os.environ["WANDB_MODE"] = "disabled"  # wandb.init then returns a no-op run
-    run = wandb.init(project=args.wandb_project, entity=args.wandb_entity or None, group=args.wandb_group or None,
-                     tags=[t for t in args.wandb_tags.split(",") if t] or None, name=args.run_name or None,
-                     config=config, mode=mode, id=resume_id, resume="allow" if resume_id else None)
+    init = dict(project=args.wandb_project, entity=args.wandb_entity or None, group=args.wandb_group or None,
+                tags=args.wandb_tags.split(",") if args.wandb_tags else None, name=args.run_name or None,
+                config=config, id=resume_id, resume="allow" if resume_id else None)
+    try:
+        run = wandb.init(mode=mode, **init)
+    except (wandb.errors.CommError, wandb.errors.AuthenticationError, TimeoutError) as e:
+        if mode != "online":
+            raise
+        # no network, or a key W&B refuses: the run is still recorded, offline, and can be uploaded later
+        print(f"wandb: cannot reach W&B ({str(e).splitlines()[0][:120]}); logging offline instead", flush=True)
+        run, defaulted = wandb.init(mode="offline", **init), True
     run.define_metric("epoch")
-    for key in ("train/*", "val/*", "lr", "time/epoch_s", "throughput/*", "noise/*"):
+    for key in ("train/*", "val/*", "time/train_s", "throughput/*", "noise/*", "update", "examples"):
         run.define_metric(key, step_metric="epoch")
     run.define_metric("val/acc", summary="max")
     run.define_metric("val/loss", summary="min")
     if defaulted:
-        print(f"wandb: no API key, so offline: run saved in {run.settings.sync_dir}; "
+        print(f"wandb: offline: run saved in {run.settings.sync_dir}; "
               f"upload it with `wandb sync {run.settings.sync_dir}`", flush=True)
     return run
 
 
-def write_json(path, data):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)  # a reader never sees half a file
-
-
-def append_history(path, row):
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def read_history(path):
-    with path.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+def run_folder(run):
+    """The output folder's name: W&B's own run folder name (run-<time>-<id>), or a new one like it."""
+    name = Path(run.settings.sync_dir or "").name if run.settings.mode != "disabled" else ""
+    return name.removeprefix("offline-") if name.startswith(("run-", "offline-run-")) else \
+        f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run.id}"
 
 
 def peak_memory(accelerator):
-    """MB: on CUDA the peak torch allocation since the start of training; on CPU the process's peak RSS."""
+    """MB: on CUDA the peak torch allocation since the start; on CPU the process's peak RSS."""
     if accelerator.device.type == "cuda":
         return {"memory/peak_mb": torch.cuda.max_memory_allocated() / 2**20,
                 "memory/peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20}
@@ -569,181 +967,31 @@ def versions():
             "wandb": wandb.__version__}
 
 
-def read_progress(out):
-    """The progress.json of a checkpoint a stopped run left in `out`, or None: its presence means resume."""
+def git_info():
+    """The commit of this train.py's checkout, and whether it had changes; "" outside a git checkout."""
+    def git(*argv):
+        return subprocess.run(["git", *argv], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=30)
     try:
-        return json.loads((out / "checkpoint" / "progress.json").read_text())
-    except (OSError, ValueError):
-        return None
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode != 0:
+            return {"git_commit": "", "git_dirty": ""}
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(git("status", "--porcelain").stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "", "git_dirty": ""}
 
 
-def save_checkpoint(accelerator, out, progress):
-    """Model, optimizer, scheduler and RNG states (accelerator.save_state) plus progress.json, written beside
-    the old checkpoint and then swapped in, so a kill while saving leaves the old one whole."""
-    tmp, final = out / "checkpoint.tmp", out / "checkpoint"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if accelerator.is_main_process:
-        write_json(tmp / "progress.json", progress)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    accelerator.wait_for_everyone()
-
-
-# ----------------------------------------------------------------------------------------------
-
-def train(args):
-    # Everything a user can get wrong is checked before the first file is written.
-    set_seed(args.seed)
-    parts, classes = load_arrays(args)
-    splits = split_data(args, parts)
-    del parts
-    set_seed(args.seed)
-    model = create_model(args, len(classes), in_chans=splits["train"][0].shape[1])
-
-    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(),  # cpu=True: real gloo ranks
-                              mixed_precision=args.mixed_precision,
-                              gradient_accumulation_steps=args.grad_accum_steps,
-                              dynamo_backend="inductor" if args.compile else "no",
-                              # the shuffle order depends on (seed, epoch) only, so a resumed epoch repeats it
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
-                                                                        data_seed=args.seed))
-    main = accelerator.is_main_process
+def device_name(accelerator):
     if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    data_config = timm.data.resolve_model_data_config(model)  # the model's own normalisation
-    train_set, val_set, test_set = build_datasets(args, splits, data_config, accelerator.device)
-    del splits
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = timm.optim.create_optimizer_v2(model, opt=args.optimizer, lr=args.lr,
-                                               weight_decay=args.weight_decay, momentum=args.momentum)
-
-    def loader(ds, batch_size, shuffle=False):
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
-                                           collate_fn=keep_batch, num_workers=args.num_workers)
-
-    eval_batch = max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
-    model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(
-        model, optimizer, loader(train_set, args.batch_size, shuffle=True), loader(val_set, eval_batch),
-        loader(test_set, eval_batch))
-    updates_per_epoch = math.ceil(len(train_dl) / args.grad_accum_steps)
-    scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=args.scheduler, num_epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, decay_epochs=max(1, args.epochs // 3), step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch)
-    accelerator.register_for_checkpointing(scheduler)
-
-    config = {**vars(args), **versions(),
-              "global_batch_size": args.batch_size * accelerator.num_processes * args.grad_accum_steps,
-              "num_processes": accelerator.num_processes, "device": device_name(accelerator),
-              "num_classes": len(classes), "train_size": len(train_set), "val_size": len(val_set),
-              "test_size": len(test_set)}
-    # Resuming is automatic: a checkpoint in the output folder means a stopped run to continue.
-    out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
-    progress = read_progress(out) if out else None
-    run = start_wandb(args, config, progress and progress["wandb_run_id"]) if main else None
-    if out is None:  # runs/<the name W&B gave the run>, the same on every rank
-        name = (run.name or f"run-{time.strftime('%Y%m%d_%H%M%S')}") if main else None
-        out = Path(broadcast_object_list([str(Path("runs") / name) if main else None])[0])
-    history = []
-    if progress:
-        accelerator.load_state(out / "checkpoint")
-        history = [h for h in read_history(out / "history.csv") if h["epoch"] <= progress["epoch"]]
-        if main:
-            print(f"resuming {out} at epoch {progress['epoch'] + 1}, batch {progress['step']}", flush=True)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not progress:
-            (out / "history.csv").unlink(missing_ok=True)
-            (out / "model.safetensors").unlink(missing_ok=True)
-        write_json(out / "config.json", config)
-
-    summary = {"status": "finished", "time/startup_s": time.perf_counter() - START}
-    start = time.perf_counter()
-    preemption = Preemption()
-    first = epoch = progress["epoch"] if progress else 0
-    try:
-        for epoch in range(first, args.epochs):
-            resumed = progress if progress and epoch == progress["epoch"] else None
-            epoch_start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            train_dl.set_epoch(epoch)
-            dl = accelerator.skip_first_batches(train_dl, resumed["step"]) if resumed else train_dl
-            dl.set_epoch(epoch)
-            updates = resumed["updates"] if resumed else epoch * updates_per_epoch
-            metrics, seen = train_one_epoch(args, accelerator, model, dl, optimizer, scheduler, epoch, updates,
-                                            preemption, resumed)
-            if epoch == 0 and not resumed:  # proves the data is sharded: each rank trains on its own part
-                summary["data/samples_per_rank"] = accelerator.gather(
-                    torch.tensor([seen], device=accelerator.device)).tolist()
-            metrics.update(evaluate(args, accelerator, model, val_dl, "val")[0])
-            row = {"epoch": epoch + 1, **metrics, "lr": lr, "time/epoch_s": time.perf_counter() - epoch_start}
-            best = min((h["val/loss"] for h in history), default=math.inf)
-            history.append(row)
-            if row["val/loss"] < best:  # the best model so far, on every rank's call; the main process writes
-                accelerator.save_model(model, out)
-            if main:
-                run.log(row)
-                append_history(out / "history.csv", row)
-                if not sys.stderr.isatty():
-                    print(" ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
-            if args.early_stopping_patience and epochs_since_best(history) >= args.early_stopping_patience:
-                summary["status"] = "early_stopped"
-                break
-    except Stop as stop:
-        summary.update({"status": stop.status, "stop/epoch": epoch + 1, "stop/step": stop.step})
-        if stop.status == "oom":
-            summary.update({"oom/batch_size": args.batch_size, **{f"oom/{k}": v for k, v in stop.info.items()}})
-        if stop.status == "preempted":
-            train_s = time.perf_counter() - start + (progress["train_s"] if progress else 0)
-            save_checkpoint(accelerator, out, {"epoch": epoch, "step": stop.step, "updates": stop.info["updates"],
-                                               "sums": stop.info["sums"], "train_s": train_s,
-                                               "wandb_run_id": run.id if main else None})
-    preemption.release()
-    if summary["status"] == "oom":  # give the memory back before the final reports
-        optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if accelerator.device.type == "cuda":
-            torch.cuda.empty_cache()
-    summary["time/train_s"] = time.perf_counter() - start + (progress["train_s"] if progress else 0)
-    if args.early_stopping_patience and summary["status"] in ("finished", "early_stopped"):
-        load_best_model(accelerator, model, out)
-    summary.update(final_metrics(args, accelerator, model, test_dl, history, summary["status"], classes, run))
-    peak = peak_memory(accelerator)  # the largest over the ranks
-    peak_all = accelerator.reduce(torch.tensor(list(peak.values()), device=accelerator.device), "max")
-    summary.update(zip(peak, peak_all.tolist(), strict=True))
-    if main:
-        finish_run(args, run, out, summary, preemption.signal)
-    if summary["status"] != "preempted" and main:
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)  # ended for good: nothing left to resume
-    accelerator.end_training()
-    if summary["status"] == "preempted":  # non-zero, as W&B's agent expects of a run it should requeue
-        sys.exit(128 + preemption.signal)
-    return summary
-
-
-def epochs_since_best(history):
-    losses = [h["val/loss"] if math.isfinite(h["val/loss"]) else math.inf for h in history]
-    best = losses.index(min(losses))
-    return len(history) - 1 - best
-
-
-def load_best_model(accelerator, model, out):
-    """The lowest-val/loss epoch's weights, which accelerator.save_model wrote to out/model.safetensors."""
-    from safetensors.torch import load_file
-    accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model).load_state_dict(load_file(out / "model.safetensors", device="cpu"))
+        return torch.cuda.get_device_name(accelerator.device)
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def finish_run(args, run, out, summary, signum):
     # val/acc and val/loss keep the max and min that define_metric gives them in W&B
     run.summary.update({k: v for k, v in summary.items() if k not in ("val/acc", "val/loss")})
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
-    write_json(out / "summary.json", summary)
+    runfiles.write_json(out / runfiles.SUMMARY, summary)
     if args.log_model and summary["status"] != "preempted" and (out / "model.safetensors").exists():  # once, at the end
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
@@ -756,41 +1004,24 @@ def finish_run(args, run, out, summary, signum):
         return
     run.finish()
     print(f"{summary['status']}: test/acc={summary['test/acc']:.4f} test/loss={summary['test/loss']:.4f} "
-          f"time/train_s={summary['time/train_s']:.1f} memory/peak_mb={summary['memory/peak_mb']:.0f} -> {out}")
-
-
-def final_metrics(args, accelerator, model, test_dl, history, status, classes, run):
-    nan = float("nan")
-    last = history[-1] if history else {}
-    out = {"epoch": len(history), "train/loss": last.get("train/loss", nan), "train/acc": last.get("train/acc", nan),
-           "val/acc": max((h["val/acc"] for h in history), default=nan),
-           "val/loss": min((h["val/loss"] for h in history), default=nan),
-           "throughput/train_img_s": float(np.mean([h["throughput/train_img_s"] for h in history])) if history else nan}
-    if args.noise_scale and history:  # over the whole run: the ratio of the summed estimates, far less noisy
-        out["noise/b_simple"] = b_simple(sum(h["noise/trace_sigma"] for h in history),
-                                         sum(h["noise/grad_sq"] for h in history))
-    if status not in ("finished", "early_stopped"):  # diverged, OOM or preempted: no test result to speak of
-        return {**out, "test/loss": nan, "test/acc": nan}
-    test, pred, y = evaluate(args, accelerator, model, test_dl, "test")
-    if run is not None:
-        run.log({"test/confusion_matrix": wandb.plot.confusion_matrix(
-            y_true=y.tolist(), preds=pred.tolist(), class_names=classes)})
-    return {**out, **test}
-
-
-def device_name(accelerator):
-    if accelerator.device.type == "cuda":
-        return torch.cuda.get_device_name(accelerator.device)
-    return f"cpu ({os.cpu_count()} cores)"
+          f"time/train_s={summary['time/train_s']:.1f} memory/peak_mb={summary['memory/peak_mb']:.0f} -> {out}",
+          flush=True)
 
 
 def main(argv=None):
     try:
         args = parse_args(argv)
-        train(args)
+        training = Training(args)
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Done as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return None
+    summary = training.finish(training.train())
+    if summary["status"] == "preempted":  # non-zero, as W&B's agent expects of a run it should requeue
+        sys.exit(128 + training.preemption.signal)
+    return summary
 
 
 if __name__ == "__main__":

@@ -37,3 +37,16 @@ def inspect_wandb(run_dir):
 def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, so no W&B credentials
     return tmp_path
+
+
+def train_many(argvs, cwd, env=None, timeout=600):
+    """Several train.py runs in one Python process, so the imports are paid once: for tests of many tiny runs.
+    Each argv is a list of train.py flags; a run that ends with SystemExit stops the rest."""
+    code = "import json, sys, train\nfor argv in json.loads(sys.argv[1]):\n    train.main(argv)\n"
+    env = dict(env or clean_env(), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def summary_of(out):
+    return json.loads((Path(out) / "summary.json").read_text())

@@ -11,10 +11,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import BIN, ROOT, TINY, clean_env, inspect_wandb, run
 
 sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
 import train  # noqa: E402
 
 ACCELERATE_2 = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
@@ -42,7 +44,7 @@ def test_divergence_stops_at_the_step_and_is_recorded(workdir):
     s = summary_of(workdir / "out")
     # 128 images in batches of 16: 8 steps an epoch; it stops at the first non-finite loss, not at an epoch's end
     assert s["status"] == "diverged" and s["stop/epoch"] == 1 and 1 <= s["stop/step"] < 8
-    assert s["epoch"] == 0 and math.isnan(s["test/acc"])
+    assert s["update"] == s["stop/step"] - 1 and math.isnan(s["test/acc"])  # the updates before the bad one
     recorded = inspect_wandb(s["wandb_run_dir"])["summary"]
     assert (recorded["status"], recorded["stop/epoch"], recorded["stop/step"]) == ("diverged", 1, s["stop/step"])
 
@@ -136,12 +138,11 @@ def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
     import torch
     from safetensors.torch import load_file
     args = train.parse_args([*TINY])
-    parts, classes = train.load_arrays(args)
+    splits, classes = data.load_splits(args)
     model = timm.create_model("resnet10t", num_classes=10, in_chans=1)
     model.load_state_dict(load_file(workdir / "out/model.safetensors"))
     model.eval()
-    _, _, test = train.build_datasets(args, train.split_data(args, parts), timm.data.resolve_model_data_config(model),
-                                      torch.device("cpu"))
+    _, _, test = data.build_datasets(args, splits, timm.data.resolve_model_data_config(model), torch.device("cpu"))
     with torch.no_grad():
         x, y = test.__getitems__(range(len(test)))
         logits = model(x)
@@ -196,8 +197,45 @@ BAD_INPUT = [
     (["--pretrained=maybe"], "expected true/false/1/0"),
     (["--mixed_precision=fp8"], "invalid choice: 'fp8'"),
     (["--img_size=4"], "--img_size: expected a whole number >= 8"),
-    (["--val_fraction=1.5"], "must be in (0, 1)"),
+    (["--val_fraction=1.5"], "--val_fraction: expected a number in (0, 1)"),
     (["--noise_scale"], "set --grad_accum_steps 2 or more"),
+    # numbers out of their range
+    (["--seed=-1"], "--seed: expected a whole number >= 0"),
+    (["--momentum=-0.5", "--optimizer=sgd"], "--momentum: expected a number in [0, 1)"),
+    (["--weight_decay=-0.1"], "--weight_decay: expected a number >= 0"),
+    (["--clip_grad=-1"], "--clip_grad: expected a number >= 0"),
+    (["--label_smoothing=1.5"], "--label_smoothing: expected a number in [0, 1)"),
+    (["--label_noise=1"], "--label_noise: expected a number in [0, 1)"),
+    (["--target_val_acc=1.5"], "--target_val_acc: expected a number in [0, 1]"),
+    (["--evals_per_epoch=0"], "--evals_per_epoch: expected a whole number >= 1"),
+    (["--grad_accum_steps=0"], "--grad_accum_steps: expected a whole number >= 1"),
+    (["--img_size=big"], "--img_size: expected a whole number >= 8"),
+    # sizes that leave a split empty or ask for more than there is
+    (["--train_samples=5000"], "--train_samples 5000 is more than the 1259 training images"),
+    (["--test_fraction=0.001"], "the test split is empty; raise --test_fraction"),
+    (["--val_fraction=0.5", "--test_fraction=0.5"], "must leave images to train on"),
+    # flags that do not go together
+    (["--momentum=0.9", "--optimizer=adamw"], "--optimizer adamw takes no momentum"),
+    (["--stop_at_target"], "--stop_at_target needs --target_val_acc"),
+    (["--optimizer=adamm"], "unknown --optimizer 'adamm'; choose a timm optimizer such as adam"),
+    (["--optimizer=fusedadam"], "--optimizer fusedadam cannot run here"),
+    # models that cannot be built, loaded or run as asked
+    (["--model=vit_tiny_patch16_224", "--img_size=32"], "cannot run at --img_size 32: it runs at --img_size 224"),
+    (["--model_kwargs=groupnorm"], "--model_kwargs: expected key=value pairs"),
+    (["--model_kwargs=norm_layer=groupnorm"], "cannot build resnet10t with --model_kwargs"),
+    (["--model_kwargs=no_such_arg=1"], "cannot build resnet10t with --model_kwargs"),
+    (["--pretrained", "--pretrained_path=not_weights.pth"], "cannot load not_weights.pth into resnet10t"),
+    (["--pretrained", "--pretrained_path=other.safetensors"], "cannot load other.safetensors into resnet10t"),
+    # files and names
+    (["--config=list_value.yaml"], "lr in --config list_value.yaml is a list or mapping"),
+    (["--config=a_list.yaml"], "must be a mapping of flag names to values"),
+    (["--output_dir=a_file"], "--output_dir a_file is a file"),
+    (["--wandb_tags=" + "t" * 65], "W&B tags are at most 64 characters"),
+    (["--wandb_project=a/b"], "single names without '/'"),
+    (["--dataset=mnist", "--data_dir=new_dir", "--download"], "mnist not found in --data_dir new_dir"),
+    (["--dataset=imagefolder", "--data_dir=stray_val"], "has class folder(s) c that train/ lacks"),
+    (["--dataset=imagefolder", "--data_dir=two_vals"], "has both val/ and validation/"),
+    (["--dataset=imagefolder", "--data_dir=no_classes"], "has no class subfolders"),
 ]
 
 
@@ -209,9 +247,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, monkeypatch, c
     (workdir / "not_yaml.yaml").write_text("batch_size: [64\n")
     (workdir / "unknown_key.yaml").write_text("learning_rate: 0.1\n")
     (workdir / "bad_value.yaml").write_text("epochs: many\n")
+    (workdir / "list_value.yaml").write_text("lr: [0.1, 0.2]\n")
+    (workdir / "a_list.yaml").write_text("- lr: 0.1\n")
+    (workdir / "a_file").write_text("")
+    (workdir / "not_weights.pth").write_bytes(b"\x00" * 64)
+    from safetensors.torch import save_file
+    save_file({"fc.weight": torch.zeros(3, 3)}, workdir / "other.safetensors")
+    image_folder(workdir / "stray_val/train")
+    image_folder(workdir / "stray_val/val")
+    (workdir / "stray_val/val/c").mkdir()
+    image_folder(workdir / "two_vals/train")
+    for name in ("val", "validation"):
+        image_folder(workdir / "two_vals" / name)
+    (workdir / "no_classes").mkdir()
+    (workdir / "no_classes/loose.png").write_bytes(b"")
     before = sorted(p.name for p in workdir.iterdir())
     with pytest.raises(SystemExit) as exit:
-        train.main([*argv, "--output_dir=out", "--wandb_mode=offline"])
+        train.main(["--output_dir=out", "--wandb_mode=offline", *argv])
     err = capsys.readouterr().err
     assert exit.value.code == 2
     assert err.startswith("train.py: error: ") and err.count("\n") == 1, err

@@ -212,9 +212,9 @@ def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(wor
 
 
 def test_hyperband_stops_a_run_that_falls_behind(workdir):
-    # Metric `lr` (logged every epoch; the cosine schedule scales both runs alike) ranks the runs before they
+    # Metric `train/lr` (logged at every point; the cosine schedule scales both runs alike) ranks the runs before they
     # train: run 2 is certain to be behind run 1 at epoch 1, and with eta 3 Hyperband keeps only the top third.
-    write_sweep(workdir / "hb.yaml", {"lr": {"values": [0.1, 0.001]}}, metric={"name": "lr", "goal": "maximize"},
+    write_sweep(workdir / "hb.yaml", {"lr": {"values": [0.1, 0.001]}}, metric={"name": "train/lr", "goal": "maximize"},
                 early_terminate={"type": "hyperband", "min_iter": 1, "eta": 3},
                 fixed={"epochs": {"value": 8}})
     res = run([str(ROOT / "sweep.py"), "hb.yaml"], cwd=workdir, env=clean_env(HOME=str(workdir)))

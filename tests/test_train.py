@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import subprocess
 import sys
 
 import pytest
@@ -12,9 +13,11 @@ from conftest import ROOT, TINY, clean_env, inspect_wandb, run
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 
-EPOCH_KEYS = ["epoch", "train/loss", "train/acc", "throughput/train_img_s", "val/loss", "val/acc", "lr",
-              "time/epoch_s"]
-FINAL_KEYS = ["status", "test/loss", "test/acc", "time/train_s", "time/startup_s", "memory/peak_mb"]
+POINT_KEYS = ["epoch", "update", "examples", "train/loss", "train/acc", "train/lr", "val/loss", "val/acc",
+              "time/train_s", "throughput/train_img_s"]
+FINAL_KEYS = ["status", "test/loss", "test/acc", "val/acc", "val/acc_final", "val/loss", "val/loss_final",
+              "time/train_s", "time/eval_s", "time/precise_bn_s", "time/startup_s", "memory/peak_mb",
+              "memory/activations_mb", "epoch", "update", "examples"]
 
 
 def read_history(out):
@@ -35,21 +38,28 @@ def test_default_offline_run_is_recorded_in_wandb_and_output_dir(workdir):
 
     recorded = inspect_wandb(summary["wandb_run_dir"])
     assert recorded["state"] == "finished" and recorded["project"] == "lab1"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert recorded["config"]["git_commit"] == head and recorded["config"]["git_dirty"] in (True, False)
     assert recorded["config"]["batch_size"] == 32 and recorded["config"]["lr"] == 0.003
     assert recorded["config"]["global_batch_size"] == 32 and recorded["config"]["num_processes"] == 1
     assert {"torch", "timm", "accelerate", "wandb", "device"} <= set(recorded["config"])
     s = recorded["summary"]
     assert s["test/acc"] == pytest.approx(summary["test/acc"]) and s["status"] == "finished"
-    # define_metric: the summary keeps the best validation values, not the last
+    # define_metric: the summary keeps the best validation values, not the last; the last is kept apart
     assert s["val/acc"]["max"] == pytest.approx(summary["val/acc"])
     assert s["val/loss"]["min"] == pytest.approx(summary["val/loss"])
+    assert s["val/acc_final"] == pytest.approx(summary["val/acc_final"]) and "lr" not in s
     assert "test/confusion_matrix_table" in s
 
     rows = read_history(workdir / "out")
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert list(rows[0]) == EPOCH_KEYS
+    assert [float(r["epoch"]) for r in rows] == [1.0, 2.0] and [int(r["update"]) for r in rows] == [4, 8]
+    assert [int(r["examples"]) for r in rows] == [128, 256]
+    assert list(rows[0]) == POINT_KEYS
     assert max(float(r["val/acc"]) for r in rows) == pytest.approx(summary["val/acc"])
-    assert float(rows[0]["lr"]) == pytest.approx(0.003)  # cosine starts at the peak lr
+    assert float(rows[-1]["val/acc"]) == pytest.approx(summary["val/acc_final"])
+    lrs = [float(r["train/lr"]) for r in rows]
+    assert 0 < lrs[1] < lrs[0] < 0.003  # cosine: the lr of each point's last update, below the peak
+    assert float(rows[-1]["time/train_s"]) == pytest.approx(summary["time/train_s"])
     assert json.loads((workdir / "out/config.json").read_text())["train_size"] == 128
 
 
@@ -110,7 +120,7 @@ def test_constant_schedule_keeps_the_lr(workdir):
     res = run([str(ROOT / "train.py"), *TINY, "--scheduler=constant", "--lr=0.01", "--wandb_mode=disabled",
                "--output_dir=out"], cwd=workdir)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert [float(r["lr"]) for r in read_history(workdir / "out")] == [0.01, 0.01]
+    assert [float(r["train/lr"]) for r in read_history(workdir / "out")] == [0.01, 0.01]
 
 
 def test_same_seed_gives_identical_test_metrics(workdir):

@@ -1,0 +1,147 @@
+"""train.py as a measuring instrument: precise batch norm, evaluation points and steps to a target, activation
+memory, label noise, model options, and settings that come from `accelerate launch` or a W&B config.yaml."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, clean_env, inspect_wandb, run, summary_of, train_many
+
+sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
+import runfiles  # noqa: E402
+import train  # noqa: E402
+
+ACCELERATE = ["-m", "accelerate.commands.launch", "--num_machines=1", "--dynamo_backend=no"]
+
+
+def history(out):
+    return runfiles.read_history(out / runfiles.HISTORY)
+
+
+@pytest.mark.slow
+def test_precise_bn_turns_chance_level_batch_256_into_a_trained_model(workdir):
+    # 3 epochs at batch 256 are 12 updates: the running statistics still hold most of their initial values.
+    runs = {(seed, pb): workdir / f"s{seed}_{pb}" for seed in (0, 1, 2) for pb in ("false", "true")}
+    res = train_many([["--batch_size=256", "--epochs=3", f"--seed={seed}", f"--precise_bn={pb}",
+                       "--wandb_mode=disabled", f"--output_dir={out}"] for (seed, pb), out in runs.items()], workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("evaluation used batch-norm running statistics from only 12 updates") == 3
+    for seed in (0, 1, 2):
+        running, precise = summary_of(runs[seed, "false"]), summary_of(runs[seed, "true"])
+        assert running["test/acc"] < 0.6 and precise["test/acc"] >= 0.9, (seed, running, precise)
+        assert precise["time/precise_bn_s"] > 0 and running["time/precise_bn_s"] == 0
+        # the same training, bit for bit: precise BN changes what evaluation sees, never the updates
+        train_curves = [[h["train/loss"] for h in history(runs[seed, pb])] for pb in ("false", "true")]
+        assert train_curves[0] == train_curves[1]
+
+
+@pytest.mark.slow
+def test_precise_bn_statistics_are_the_same_on_both_ranks(workdir):
+    res = run([*ACCELERATE, "--multi_gpu", "--num_processes=2", "--mixed_precision=no",
+               str(ROOT / "tests/rank_stats.py"), *TINY, "--epochs=1", "--precise_bn", "--wandb_mode=disabled",
+               "--output_dir=out"], cwd=workdir, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = {p.stem: torch.load(p) for p in (workdir / "rank_stats").iterdir()}
+    assert {k.split("_")[0] for k in stats} == {"0", "1"} and "0_2_after" in stats  # validation, then test
+    # each rank recomputed them on its own shard, then both use their mean
+    assert any(not torch.equal(a, b) for a, b in zip(stats["0_1_before"], stats["1_1_before"], strict=True))
+    for call in ("1", "2"):
+        for a, b in zip(stats[f"0_{call}_after"], stats[f"1_{call}_after"], strict=True):
+            assert torch.equal(a, b)
+
+
+def test_evaluation_points_and_steps_to_a_target(workdir):
+    # 256 images in batches of 32: 8 updates an epoch, evaluated at updates 2, 4, 6, 8 of each epoch.
+    flags = [*TINY, "--train_samples=256", "--epochs=3", "--evals_per_epoch=4", "--precise_bn", "--lr=0.01",
+             "--wandb_mode=disabled"]
+    targets = (0.3, 0.6, 0.9, 0.999)
+    argvs = [[*flags, f"--target_val_acc={t}", f"--output_dir=t{t}"] for t in targets]
+    argvs.append([*flags, "--target_val_acc=0.6", "--stop_at_target", "--output_dir=stop"])
+    res = train_many(argvs, workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    rows = history(workdir / "t0.3")
+    assert [h["update"] for h in rows] == list(range(2, 25, 2))
+    assert [h["epoch"] for h in rows] == [u / 8 for u in range(2, 25, 2)]
+    assert [h["examples"] for h in rows] == [32 * u for u in range(2, 25, 2)]
+    assert all(a["time/train_s"] < b["time/train_s"] for a, b in zip(rows, rows[1:], strict=False))
+    reached = []
+    for t in targets:
+        s = summary_of(workdir / f"t{t}")
+        first = next((h for h in history(workdir / f"t{t}") if h["val/acc"] >= t), None)
+        if first is None:
+            assert all(math.isnan(s[f"target/{k}"]) for k in ("updates", "examples", "train_s", "epoch"))
+            reached.append(math.inf)
+            continue
+        assert (s["target/updates"], s["target/examples"], s["target/train_s"]) == (
+            first["update"], first["examples"], first["time/train_s"])
+        reached.append(s["target/updates"])
+    assert reached == sorted(reached) and math.isfinite(reached[0])  # a higher target never comes sooner
+
+    stopped = summary_of(workdir / "stop")
+    assert stopped["status"] == "reached_target" and math.isfinite(stopped["test/acc"])
+    assert history(workdir / "stop")[-1]["update"] == stopped["target/updates"] == stopped["update"]
+
+
+def test_activation_memory_doubles_with_the_batch(workdir):
+    argvs = [[*TINY, "--epochs=1", "--train_samples=64", f"--batch_size={bs}", "--wandb_mode=disabled",
+              f"--output_dir=b{bs}"] for bs in (16, 32)]
+    res = train_many(argvs, workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    small, large = (summary_of(workdir / f"b{bs}")["memory/activations_mb"] for bs in (16, 32))
+    assert small > 0.5 and large / small == pytest.approx(2, rel=0.1)
+
+
+def test_label_noise_changes_only_training_labels_fixed_by_seed():
+    def splits(noise, seed=0):
+        return data.load_splits(train.parse_args([f"--label_noise={noise}", f"--seed={seed}"]))[0]
+
+    clean, noisy, again, other = splits(0), splits(0.2), splits(0.2), splits(0.2, seed=1)
+    changed = clean["train"][1] != noisy["train"][1]
+    assert changed.sum() == round(0.2 * len(changed))  # each chosen label moved to a different class
+    assert np.array_equal(clean["train"][0], noisy["train"][0])  # the same images
+    for name in ("val", "test"):
+        assert np.array_equal(clean[name][1], noisy[name][1])
+    assert np.array_equal(noisy["train"][1], again["train"][1])
+    assert not np.array_equal(other["train"][1], splits(0, seed=1)["train"][1])
+
+
+def test_groupnorm_model_and_its_run_recorded_in_config_yaml_rerun(workdir):
+    flags = [*TINY, "--epochs=1", "--model_kwargs=norm_layer=groupnorm1", "--label_noise=0.25"]
+    res = run([str(ROOT / "train.py"), *flags, "--output_dir=gn"], cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "batch-norm" not in res.stdout  # no batch norm, so no warning about its statistics
+    assert not [k for k in load_file(workdir / "gn/model.safetensors") if "running" in k]
+    config = json.loads((workdir / "gn/config.json").read_text())
+    assert config["model_kwargs"] == {"norm_layer": "groupnorm1"} and config["label_noise_changed"] == 32
+
+    # The config.yaml W&B keeps for every run, written by W&B's own code from what it recorded here.
+    from wandb.sdk.lib.config_util import save_config_file_from_dict
+    recorded = inspect_wandb(summary_of(workdir / "gn")["wandb_run_dir"])["config"]
+    save_config_file_from_dict(str(workdir / "config.yaml"),
+                               {k: {"desc": None, "value": v} for k, v in recorded.items()})
+    args = train.parse_args(["--config", str(workdir / "config.yaml")])
+    for key, value in vars(args).items():
+        if key != "config":
+            assert value == config[key], key
+
+
+def test_accelerate_launch_settings_apply_unless_a_flag_is_given(workdir):
+    # bf16 is slow on this CPU: one update, and small validation and test splits
+    few = ["--img_size=8", "--train_samples=32", "--batch_size=32", "--epochs=1", "--val_fraction=0.02",
+           "--test_fraction=0.02", "--wandb_mode=disabled"]
+    res = run([*ACCELERATE, "--num_processes=1", "--mixed_precision=bf16", str(ROOT / "train.py"), *few,
+               "--output_dir=launched"], cwd=workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((workdir / "launched/config.json").read_text())["mixed_precision"] == "bf16"
+    # what `accelerate launch --mixed_precision bf16` passes; an explicit flag wins over it
+    env = clean_env(ACCELERATE_MIXED_PRECISION="bf16")
+    res = run([str(ROOT / "train.py"), *few, "--mixed_precision=no", "--output_dir=flag"], cwd=workdir, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((workdir / "flag/config.json").read_text())["mixed_precision"] == "no"
