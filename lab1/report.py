@@ -6,10 +6,10 @@
     python lab1/report.py --publish ENTITY/PROJECT        # also save a W&B Report of the sweeps (network)
 
 Inputs (formats in INTERFACE.md): results/<sweep>.csv, one row per run, and results/<sweep>_history.csv,
-one row per run and epoch. Outputs: tables/<name>.md and .csv, figures/<name>.png, and the blocks between
-`<!-- table:NAME -->` and `<!-- /table:NAME -->` in README.md. Text outputs are deterministic: sorted rows,
-fixed float formats, no timestamps. Tables aggregate finished runs only (mean ± sample std over seeds);
-diverged/oom/failed/stopped runs are counted, and a group with no finished run shows its status instead.
+one row per run and evaluation point. Outputs: tables/<name>.md and .csv, figures/<name>.png, and the blocks
+between `<!-- table:NAME -->` and `<!-- /table:NAME -->` in README.md. Text outputs are deterministic: sorted
+rows, fixed float formats, no timestamps. Tables aggregate completed runs only (runfiles.COMPLETED: mean ±
+sample std over seeds); other runs are counted by status, and a group with none completed shows its status.
 """
 
 import argparse
@@ -28,8 +28,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import runfiles  # the file contract between train.py, sweep.py and this report
+
 PARAMS = ("batch_size", "epochs", "lr", "seed")  # swept parameters of the lab1 sweeps
-STATUSES = ("finished", "diverged", "oom", "failed", "stopped")
 SELECT = "val/acc"  # the best lr is chosen on validation accuracy, never on test
 BASE = ["time/train_s", "test/acc", "test/loss", "memory/peak_mb", "throughput/train_img_s"]
 UNITS = {"time/train_s": "s", "memory/peak_mb": "MB", "throughput/train_img_s": "img/s", "time/to_best_s": "s"}
@@ -104,13 +106,13 @@ def group_rows(rows, by):
 
 
 def aggregate(rows, by, metrics):
-    """One record per group: key, status counts and (mean, std, n) of each metric over finished runs."""
+    """One record per group: key, status counts and (mean, std, n) of each metric over completed runs."""
     records = []
     for key, runs in group_rows(rows, by).items():
-        finished = [r for r in runs if r["status"] == "finished"]
+        completed = [r for r in runs if r["status"] in runfiles.COMPLETED]
         stats = {}
         for metric in metrics:
-            values = [r[metric] for r in finished if is_number(r.get(metric))]
+            values = [r[metric] for r in completed if is_number(r.get(metric))]
             mean = statistics.fmean(values) if values else None
             std = statistics.stdev(values) if len(values) > 1 else None
             stats[metric] = (mean, std, len(values))
@@ -118,8 +120,12 @@ def aggregate(rows, by, metrics):
     return records
 
 
+def n_completed(counts):
+    return sum(counts[s] for s in runfiles.COMPLETED)
+
+
 def not_finished(counts):
-    return ", ".join(f"{counts[s]} {s}" for s in sorted(counts) if s != "finished")
+    return ", ".join(f"{counts[s]} {s}" for s in sorted(counts) if s not in runfiles.COMPLETED)
 
 
 # ---------------------------------------------------------------- tables
@@ -131,7 +137,7 @@ def fmt_key(value):
 
 
 def md_cell(record, metric):
-    if not record["counts"]["finished"]:
+    if not n_completed(record["counts"]):
         return "/".join(sorted(record["counts"]))  # e.g. "diverged": never a number
     mean, std, _ = record["stats"][metric]
     if mean is None:
@@ -141,7 +147,7 @@ def md_cell(record, metric):
 
 
 def csv_cells(record, metric):
-    if not record["counts"]["finished"]:
+    if not n_completed(record["counts"]):
         word = "/".join(sorted(record["counts"]))
         return [word, word]
     mean, std, _ = record["stats"][metric]
@@ -154,15 +160,15 @@ def header(metric):
 
 def render(records, by, metrics):
     """-> (csv table, markdown table), each as (header, rows of strings)."""
-    csv_head = by + ["runs", *STATUSES] + [f"{m} {s}" for m in metrics for s in ("mean", "std")]
+    csv_head = by + ["runs", *runfiles.STATUSES] + [f"{m} {s}" for m in metrics for s in ("mean", "std")]
     md_head = by + ["n"] + [header(m) for m in metrics] + ["not finished"]
     csv_rows, md_rows = [], []
     for r in records:
         keys = [fmt_key(v) for v in r["key"]]
         total = sum(r["counts"].values())
-        csv_rows.append(keys + [str(total)] + [str(r["counts"][s]) for s in STATUSES]
+        csv_rows.append(keys + [str(total)] + [str(r["counts"][s]) for s in runfiles.STATUSES]
                         + [c for m in metrics for c in csv_cells(r, m)])
-        md_rows.append(keys + [f"{r['counts']['finished']}/{total}"] + [md_cell(r, m) for m in metrics]
+        md_rows.append(keys + [f"{n_completed(r['counts'])}/{total}"] + [md_cell(r, m) for m in metrics]
                        + [not_finished(r["counts"])])
     return (csv_head, csv_rows), (md_head, md_rows)
 
@@ -208,7 +214,10 @@ def early_stop_rows(rows, history):
             out["best_epoch/val_acc"] = max(curve, key=lambda h: h["val/acc"])["epoch"]
             out["val/acc@best_val_loss"] = best["val/acc"]
             out["val/acc@last"] = curve[-1]["val/acc"]
-            out["time/to_best_s"] = math.fsum(h["time/epoch_s"] for h in curve if h["epoch"] <= best["epoch"])
+            if "time/train_s" in best:  # training seconds so far, at each evaluation point (INTERFACE.md)
+                out["time/to_best_s"] = best["time/train_s"]
+            else:  # histories of train.py before evaluation points: seconds per epoch
+                out["time/to_best_s"] = math.fsum(h["time/epoch_s"] for h in curve if h["epoch"] <= best["epoch"])
         derived.append(out)
     return derived
 
@@ -291,7 +300,7 @@ def fig_by_param(records, param, metrics, path):
         plot_metric(ax, records, metric)
         set_xscale(ax, param, sorted({r["key"][0] for r in records}))
         ax.set(xlabel=param, ylabel=header(metric), title=metric)
-    fig.suptitle(f"by {param}: mean ± std over seeds of the finished runs")
+    fig.suptitle(f"by {param}: mean ± std over seeds of the completed runs")
     save(fig, path)
 
 
@@ -303,8 +312,8 @@ def mean_curve(history, metric):
 def fig_val_curves(history, path):
     """Per-epoch curves of the epochs sweep (mean over seeds); markers where early stopping would stop."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    finished = [h for h in history if h["status"] == "finished"]
-    for (epochs,), hs in group_rows(finished, ["epochs"]).items():
+    completed = [h for h in history if h["status"] in runfiles.COMPLETED]
+    for (epochs,), hs in group_rows(completed, ["epochs"]).items():
         val_loss, val_acc = mean_curve(hs, "val/loss"), mean_curve(hs, "val/acc")
         if not val_loss:
             continue
@@ -440,10 +449,9 @@ def import_sweeps(sweeps_dir, results_dir):
         shutil.copyfile(results, results_dir / f"{sweep}.csv")
         runs = []
         for run_id in sorted(row["run_id"] for row in read_csv(results)):
-            history = results.parent / run_id / "history.csv"
-            if history.exists():
-                with open(history, newline="") as f:
-                    runs.append((run_id, list(csv.DictReader(f))))
+            history = runfiles.read_history(results.parent / run_id / runfiles.HISTORY)
+            if history:
+                runs.append((run_id, history))
         write_history(results_dir / f"{sweep}_history.csv", runs)
         print(f"report: imported {sweep} ({len(runs)} histories)")
 
