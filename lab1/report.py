@@ -2,14 +2,14 @@
 
     python lab1/report.py                                 # regenerate tables/, figures/, README.md tables
     python lab1/report.py --from_sweeps runs/sweeps       # import sweep.py's folders, then regenerate
-    python lab1/report.py --wandb ENTITY/PROJECT/SWEEP_ID # import one W&B sweep (network), then regenerate
-    python lab1/report.py --publish ENTITY/PROJECT        # also save a W&B Report of the sweeps (network)
+    python lab1/report.py --wandb ENTITY/PROJECT/SWEEP_ID # import W&B sweeps (network; repeatable), then regenerate
+    python lab1/report.py --publish ENTITY/PROJECT        # also save README.md as a W&B Report (network)
 
 Inputs (formats in INTERFACE.md): results/<sweep>.csv, one row per run, and results/<sweep>_history.csv,
-one row per run and epoch. Outputs: tables/<name>.md and .csv, figures/<name>.png, and the blocks between
-`<!-- table:NAME -->` and `<!-- /table:NAME -->` in README.md. Text outputs are deterministic: sorted rows,
-fixed float formats, no timestamps. Tables aggregate finished runs only (mean ± sample std over seeds);
-diverged/oom/failed/stopped runs are counted, and a group with no finished run shows its status instead.
+one row per run and evaluation point. Outputs: tables/<name>.md and .csv, figures/<name>.png, and the blocks
+between `<!-- table:NAME -->` and `<!-- /table:NAME -->` in README.md. Text outputs are deterministic: sorted
+rows, fixed float formats, no timestamps. Tables aggregate completed runs only (runfiles.COMPLETED: mean ±
+sample std over seeds); other runs are counted by status, and a group with none completed shows its status.
 """
 
 import argparse
@@ -28,8 +28,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import runfiles  # the file contract between train.py, sweep.py and this report
+
 PARAMS = ("batch_size", "epochs", "lr", "seed")  # swept parameters of the lab1 sweeps
-STATUSES = ("finished", "diverged", "oom", "failed", "stopped")
 SELECT = "val/acc"  # the best lr is chosen on validation accuracy, never on test
 BASE = ["time/train_s", "test/acc", "test/loss", "memory/peak_mb", "throughput/train_img_s"]
 UNITS = {"time/train_s": "s", "memory/peak_mb": "MB", "throughput/train_img_s": "img/s", "time/to_best_s": "s"}
@@ -104,13 +106,13 @@ def group_rows(rows, by):
 
 
 def aggregate(rows, by, metrics):
-    """One record per group: key, status counts and (mean, std, n) of each metric over finished runs."""
+    """One record per group: key, status counts and (mean, std, n) of each metric over completed runs."""
     records = []
     for key, runs in group_rows(rows, by).items():
-        finished = [r for r in runs if r["status"] == "finished"]
+        completed = [r for r in runs if r["status"] in runfiles.COMPLETED]
         stats = {}
         for metric in metrics:
-            values = [r[metric] for r in finished if is_number(r.get(metric))]
+            values = [r[metric] for r in completed if is_number(r.get(metric))]
             mean = statistics.fmean(values) if values else None
             std = statistics.stdev(values) if len(values) > 1 else None
             stats[metric] = (mean, std, len(values))
@@ -118,8 +120,12 @@ def aggregate(rows, by, metrics):
     return records
 
 
+def n_completed(counts):
+    return sum(counts[s] for s in runfiles.COMPLETED)
+
+
 def not_finished(counts):
-    return ", ".join(f"{counts[s]} {s}" for s in sorted(counts) if s != "finished")
+    return ", ".join(f"{counts[s]} {s}" for s in sorted(counts) if s not in runfiles.COMPLETED)
 
 
 # ---------------------------------------------------------------- tables
@@ -131,7 +137,7 @@ def fmt_key(value):
 
 
 def md_cell(record, metric):
-    if not record["counts"]["finished"]:
+    if not n_completed(record["counts"]):
         return "/".join(sorted(record["counts"]))  # e.g. "diverged": never a number
     mean, std, _ = record["stats"][metric]
     if mean is None:
@@ -141,7 +147,7 @@ def md_cell(record, metric):
 
 
 def csv_cells(record, metric):
-    if not record["counts"]["finished"]:
+    if not n_completed(record["counts"]):
         word = "/".join(sorted(record["counts"]))
         return [word, word]
     mean, std, _ = record["stats"][metric]
@@ -154,15 +160,15 @@ def header(metric):
 
 def render(records, by, metrics):
     """-> (csv table, markdown table), each as (header, rows of strings)."""
-    csv_head = by + ["runs", *STATUSES] + [f"{m} {s}" for m in metrics for s in ("mean", "std")]
+    csv_head = by + ["runs", *runfiles.STATUSES] + [f"{m} {s}" for m in metrics for s in ("mean", "std")]
     md_head = by + ["n"] + [header(m) for m in metrics] + ["not finished"]
     csv_rows, md_rows = [], []
     for r in records:
         keys = [fmt_key(v) for v in r["key"]]
         total = sum(r["counts"].values())
-        csv_rows.append(keys + [str(total)] + [str(r["counts"][s]) for s in STATUSES]
+        csv_rows.append(keys + [str(total)] + [str(r["counts"][s]) for s in runfiles.STATUSES]
                         + [c for m in metrics for c in csv_cells(r, m)])
-        md_rows.append(keys + [f"{r['counts']['finished']}/{total}"] + [md_cell(r, m) for m in metrics]
+        md_rows.append(keys + [f"{n_completed(r['counts'])}/{total}"] + [md_cell(r, m) for m in metrics]
                        + [not_finished(r["counts"])])
     return (csv_head, csv_rows), (md_head, md_rows)
 
@@ -208,7 +214,10 @@ def early_stop_rows(rows, history):
             out["best_epoch/val_acc"] = max(curve, key=lambda h: h["val/acc"])["epoch"]
             out["val/acc@best_val_loss"] = best["val/acc"]
             out["val/acc@last"] = curve[-1]["val/acc"]
-            out["time/to_best_s"] = math.fsum(h["time/epoch_s"] for h in curve if h["epoch"] <= best["epoch"])
+            if "time/train_s" in best:  # training seconds so far, at each evaluation point (INTERFACE.md)
+                out["time/to_best_s"] = best["time/train_s"]
+            else:  # histories of train.py before evaluation points: seconds per epoch
+                out["time/to_best_s"] = math.fsum(h["time/epoch_s"] for h in curve if h["epoch"] <= best["epoch"])
         derived.append(out)
     return derived
 
@@ -291,7 +300,7 @@ def fig_by_param(records, param, metrics, path):
         plot_metric(ax, records, metric)
         set_xscale(ax, param, sorted({r["key"][0] for r in records}))
         ax.set(xlabel=param, ylabel=header(metric), title=metric)
-    fig.suptitle(f"by {param}: mean ± std over seeds of the finished runs")
+    fig.suptitle(f"by {param}: mean ± std over seeds of the completed runs")
     save(fig, path)
 
 
@@ -303,8 +312,8 @@ def mean_curve(history, metric):
 def fig_val_curves(history, path):
     """Per-epoch curves of the epochs sweep (mean over seeds); markers where early stopping would stop."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    finished = [h for h in history if h["status"] == "finished"]
-    for (epochs,), hs in group_rows(finished, ["epochs"]).items():
+    completed = [h for h in history if h["status"] in runfiles.COMPLETED]
+    for (epochs,), hs in group_rows(completed, ["epochs"]).items():
         val_loss, val_acc = mean_curve(hs, "val/loss"), mean_curve(hs, "val/acc")
         if not val_loss:
             continue
@@ -440,15 +449,37 @@ def import_sweeps(sweeps_dir, results_dir):
         shutil.copyfile(results, results_dir / f"{sweep}.csv")
         runs = []
         for run_id in sorted(row["run_id"] for row in read_csv(results)):
-            history = results.parent / run_id / "history.csv"
-            if history.exists():
-                with open(history, newline="") as f:
-                    runs.append((run_id, list(csv.DictReader(f))))
+            history = runfiles.read_history(results.parent / run_id / runfiles.HISTORY)
+            if history:
+                runs.append((run_id, history))
         write_history(results_dir / f"{sweep}_history.csv", runs)
         print(f"report: imported {sweep} ({len(runs)} histories)")
 
 
-W_AND_B_STATE = {"finished": "finished", "crashed": "failed", "failed": "failed", "killed": "stopped"}
+# W&B's state of an ended run -> status, for a run whose summary has no status from train.py (it died first).
+# Runs still running or pending are left out, as sweep.py's results.csv has a row per ended run only.
+W_AND_B_STATE = {"finished": "finished", "failed": "failed", "crashed": "failed", "killed": "stopped",
+                 "preempted": "preempted"}
+SUMMARY_OPS = ("min", "max", "mean", "last", "first", "best")  # define_metric(summary=...) keeps {"max": x}
+SCALAR = (int, float, str, bool)
+
+
+def first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def wandb_api():
+    """wandb.Api() that gives up within seconds when W&B cannot be reached.
+
+    wandb-core retries a failed request for minutes. When wandb.Api's own timeout (19 s) fires first, the process
+    can then hang at exit for up to 10 minutes, waiting for wandb-core (wandb 0.31, seen here with no network).
+    So every wandb.Api in this process gets 2 tries of at most 8 s, which end before that timeout.
+    """
+    import wandb
+
+    wandb.setup(wandb.Settings(x_graphql_retry_max=1, x_graphql_retry_wait_max_seconds=1,
+                               x_graphql_timeout_seconds=8))
+    return wandb.Api()
 
 
 def cell(value):
@@ -456,97 +487,166 @@ def cell(value):
     return "" if value is None else str(value)
 
 
+def summary_value(value):
+    """A W&B summary value as one scalar: a define_metric summary {"max": x} -> x; None for media and lists."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SUMMARY_OPS:
+        (value,) = value.values()
+    return value if isinstance(value, SCALAR) else None
+
+
 def wandb_rows(runs, params):
-    """W&B runs as plain dicts {id, state, config, summary} -> (header, rows) shaped like results.csv."""
-    skip = {"status", "wandb_run_dir"}
-    metrics = sorted({k for r in runs for k, v in r["summary"].items()
-                      if isinstance(v, (int, float, str, bool)) and not k.startswith("_") and k not in skip})
-    head = ["run_id", "status", "exit_code"] + list(params) + metrics
+    """wandb.Api's Run objects -> (header, rows) shaped like sweep.py's results.csv.
+
+    Parameters come from each run's config. Metrics come from its summary, less W&B's `_` keys and any key that
+    is also a parameter: the summary's `lr` is the last value logged, never the swept one.
+    """
+    summaries = {r.id: {k: summary_value(v) for k, v in r.summary_metrics.items()
+                        if not k.startswith("_") and k not in params and k not in ("status", "wandb_run_dir")}
+                 for r in runs}
+    metrics = sorted({k for summary in summaries.values() for k, v in summary.items() if v is not None})
     rows = []
-    for r in sorted(runs, key=lambda r: r["id"]):
+    for r in sorted(runs, key=lambda r: r.id):
         # train.py's own status is the precise one: a diverged or oom run still exits 0 ("finished" in W&B)
-        status = r["summary"].get("status") or W_AND_B_STATE.get(r["state"], r["state"])
-        rows.append([r["id"], status, ""] + [cell(r["config"].get(p)) for p in params]
-                    + [cell(r["summary"].get(m)) for m in metrics])
-    return head, rows
+        status = r.summary_metrics.get("status") or W_AND_B_STATE[r.state]
+        rows.append([r.id, status, ""] + [cell(r.config.get(p)) for p in params]
+                    + [cell(summaries[r.id].get(m)) for m in metrics])
+    return ["run_id", "status", "exit_code", *params, *metrics], rows
 
 
 def wandb_history(records):
-    """A run's scan_history() records -> history.csv rows (the per-epoch rows only, W&B's _keys dropped)."""
-    return [{k: cell(v) for k, v in rec.items() if not k.startswith("_")} for rec in records if "epoch" in rec]
+    """A run's scan_history() rows -> history rows: the evaluation points (rows with `epoch`), scalars only."""
+    return [{k: cell(v) for k, v in rec.items() if not k.startswith("_") and isinstance(v, SCALAR)}
+            for rec in records if "epoch" in rec]
 
 
-def import_wandb(path, results_dir, name=None):
-    import wandb  # only this source needs it, and the network
+def import_wandb(path, results_dir, name=None, api=None):
+    """A W&B sweep ENTITY/PROJECT/SWEEP_ID -> results/<name>.csv and <name>_history.csv, as --from_sweeps writes
+    them. name: default the sweep's name in W&B. api: a wandb.Api (default: one that needs a login and network)."""
+    import wandb
 
     try:
-        sweep = wandb.Api().sweep(path)
-        runs = list(sweep.runs)
-        name = name or sweep.config.get("name") or sweep.id
+        api = api or wandb_api()
+        sweep = api.sweep(path)
+        name = name or sweep.name
         params = list(sweep.config.get("parameters", {}))
-        plain = [{"id": r.id, "state": r.state, "config": r.config, "summary": r.summary_metrics} for r in runs]
-        histories = [(r.id, wandb_history(r.scan_history())) for r in sorted(runs, key=lambda r: r.id)]
+        runs = sorted(sweep.runs, key=lambda r: r.id)
+        ended = [r for r in runs if r.state in W_AND_B_STATE]
+        head, rows = wandb_rows(ended, params)
+        histories = [(r.id, wandb_history(r.scan_history())) for r in ended]
     except (wandb.errors.Error, ValueError) as e:  # not logged in, no network, no such sweep
-        raise ReportError(f"cannot read W&B sweep {path}: {e}") from e
+        raise ReportError(f"cannot read W&B sweep {path}: {first_line(e)} "
+                          "(check `wandb login`, the network and the sweep id)") from e
     results_dir.mkdir(parents=True, exist_ok=True)
     with open(results_dir / f"{name}.csv", "w", newline="") as f:
-        head, rows = wandb_rows(plain, params)
         csv.writer(f, lineterminator="\n").writerows([head] + rows)
     write_history(results_dir / f"{name}_history.csv", histories)
-    print(f"report: imported W&B sweep {path} as {name} ({len(runs)} runs)")
+    running = f", {len(runs) - len(ended)} still running left out" if len(runs) > len(ended) else ""
+    print(f"report: imported W&B sweep {path} as {name} ({len(ended)} runs{running})")
 
 
 # ---------------------------------------------------------------- W&B Report
 
-def build_report(entity, project):
-    """One section per question: panels over the runs of the sweep's W&B group. Needs no network."""
-    import wandb_workspaces.reports.v2 as wr
+def sweep_ids(sweeps):
+    """wandb.Api's Sweep objects -> {sweep name: [sweep ids]}; `wandb sweep --name lab1_lr ...` names one."""
+    ids = {}
+    for sweep in sweeps:
+        ids.setdefault(sweep.name, []).append(sweep.id)
+    return ids
 
-    def runset(sweep):
-        return [wr.Runset(entity, project, name=sweep, filters=f"Group = '{sweep}'")]
+
+def runset_filter(sweep, ids):
+    """The completed runs of one sweep, as in the tables: by W&B sweep id when the project has a sweep of that
+    name (runs made by `wandb agent` belong to it and have no group), else by group (sweep.py's runs uploaded
+    with `wandb sync` have the sweep's name as their group, and no W&B sweep)."""
+    runs = f"Sweep in {ids[sweep]!r}" if ids.get(sweep) else f"Group = {sweep!r}"
+    return f"{runs} and SummaryMetric('status') in {list(runfiles.COMPLETED)!r}"
+
+
+def figure_panels(name):
+    """-> (sweep, W&B panels of the metrics that figures/<name>.png plots), or None for a figure W&B can't show.
+    Every metric is a key train.py logs: summary keys in bars, scatters and parallel plots, history keys in
+    curves (step metric `epoch`); every groupby and x parameter is a config key."""
+    import wandb_workspaces.reports.v2 as wr
 
     def bars(by, metrics):
         return [wr.BarPlot(title=f"{m} by {by}", metrics=[m], groupby=wr.Config(by), groupby_aggfunc="mean",
                            groupby_rangefunc="stddev") for m in metrics]
 
     def curves(by, metrics):
-        return [wr.LinePlot(title=f"{m} per epoch by {by}", x="epoch", y=[m], groupby=wr.Config(by),
-                            groupby_aggfunc="mean", groupby_rangefunc="stddev") for m in metrics]
+        return [wr.LinePlot(title=f"{m} per epoch" + (f" by {by}" if by else ""), x="epoch", y=[m],
+                            groupby=wr.Config(by) if by else None, groupby_aggfunc="mean",
+                            groupby_rangefunc="stddev") for m in metrics]
 
-    def scatter(x, y):
-        return wr.ScatterPlot(title=f"{y} vs {x}", x=wr.Config(x), y=wr.SummaryMetric(y), log_x=True)
-
-    def parallel(params):
+    def parallel(params, metrics):
         columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p), log=p == "lr") for p in params]
-        columns += [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(m)) for m in (SELECT, "test/acc")]
+        columns += [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(m)) for m in metrics]
         return wr.ParallelCoordinatesPlot(title=" x ".join(params), columns=columns)
 
-    sections = [
-        ("1. Impact of batch size", "lab1_batch_size",
-         bars("batch_size", BASE) + curves("batch_size", ["val/acc"]) + [parallel(["batch_size"])]),
-        ("2. Impact of the number of epochs", "lab1_epochs",
-         bars("epochs", ["test/acc", "time/train_s"]) + curves("epochs", ["val/loss", "val/acc", "train/loss"])
-         + [parallel(["epochs"])]),
-        ("3. Large vs small learning rate", "lab1_lr",
-         [scatter("lr", "test/acc"), scatter("lr", "train/loss")] + bars("lr", ["test/acc"])
-         + curves("lr", ["train/loss"]) + [parallel(["lr"])]),
-        ("4. Learning rate and batch size", "lab1_lr_batch",
-         [parallel(["batch_size", "lr"]), scatter("lr", SELECT)] + bars("batch_size", ["time/train_s"])),
-    ]
-    blocks = []
-    for title, sweep, panels in sections:
-        blocks += [wr.H1(text=title), wr.P(text=f"Runs of the W&B group {sweep} (sweeps/{sweep}.yaml)."),
-                   wr.PanelGrid(runsets=runset(sweep), panels=panels)]
-    return wr.Report(entity=entity, project=project, title="Lab 1: batch size, epochs and learning rate",
-                     description="Regenerate the tables with: python lab1/report.py", blocks=blocks)
+    if name in QUESTIONS and len(QUESTIONS[name][1]) == 1:  # fig_by_param: each metric by the one parameter
+        sweep, (param,), metrics = QUESTIONS[name]
+        return sweep, bars(param, metrics)
+    return {
+        "val_curves": ("lab1_epochs", curves("epochs", ["val/loss", "val/acc", "train/loss"])),
+        "lr_batch": ("lab1_lr_batch", [wr.ScatterPlot(title=f"{SELECT} by lr", x=wr.Config("lr"),
+                                                      y=wr.SummaryMetric(SELECT), log_x=True)]),
+        "best_lr": ("lab1_lr_batch", [parallel(["batch_size", "lr"], [SELECT, "test/acc"])]),
+        "noise_scale": ("lab1_noise_scale", curves(None, ["noise/trace_sigma", "noise/grad_sq", "noise/b_simple"])),
+    }.get(name)
 
 
-def publish(entity, project):
-    report = build_report(entity, project)
+def build_report(entity, project, readme, ids):
+    """lab1/README.md (tables filled) -> a W&B Report that follows it. ids: sweep_ids(). Needs no network.
+
+    Each `## ` heading becomes an H1 and its prose and tables Markdown blocks; each figure (figures/NAME.png)
+    becomes a panel grid of the same metrics over the runs of its sweep (runset_filter).
+    """
+    import wandb_workspaces.reports.v2 as wr
+
+    title, blocks, text = "Lab 1", [], []
+
+    def flush():
+        if "\n".join(text).strip():
+            blocks.append(wr.MarkdownBlock(text="\n".join(text).strip()))
+        text.clear()
+
+    for line in readme.splitlines():
+        figure = re.fullmatch(r"!\[[^\]]*\]\(figures/([\w-]+)\.png\)", line.strip())
+        panels = figure and figure_panels(figure[1])
+        if line.startswith("# "):
+            title = line[2:]
+        elif line.startswith("## "):
+            flush()
+            blocks.append(wr.H1(text=line[3:]))
+        elif panels:
+            flush()
+            sweep, grid = panels
+            runset = wr.Runset(entity, project, name=sweep, filters=runset_filter(sweep, ids))
+            blocks.append(wr.PanelGrid(runsets=[runset], panels=grid))
+        elif not re.fullmatch(r"<!-- /?table:[\w-]+ -->", line.strip()):
+            text.append(line)
+    flush()
+    return wr.Report(entity=entity, project=project, title=title, blocks=blocks,
+                     description="lab1/README.md, with W&B panels for its figures; tables by lab1/report.py")
+
+
+def publish(entity, project, readme):
+    """Save README.md as a W&B Report; the project's sweeps, by name, choose each panel grid's runs."""
+    if not readme.exists():
+        raise ReportError(f"no {readme} to publish: pass --out a folder holding the Lab 1 README.md")
+
+    def failed(e):
+        return ReportError(f"cannot save the W&B Report to {entity}/{project}: {first_line(e)} "
+                           "(check `wandb login` and the network)")
+
+    try:
+        ids = sweep_ids(wandb_api().project(project, entity).sweeps())
+    except Exception as e:  # not logged in, no network, no such project
+        raise failed(e) from e
+    report = build_report(entity, project, readme.read_text(), ids)
     try:
         report.save()
     except Exception as e:  # wandb_workspaces raises a bare Exception when not logged in
-        raise ReportError(f"cannot save the W&B Report to {entity}/{project} (run `wandb login`): {e}") from e
+        raise failed(e) from e
     print(f"report: published {report.url}")
 
 
@@ -557,27 +657,38 @@ def parse_args(argv):
     p.add_argument("--results", type=Path, default=HERE / "results", help="raw results folder (input)")
     p.add_argument("--out", type=Path, default=HERE, help="writes tables/, figures/ and README.md blocks here")
     p.add_argument("--from_sweeps", type=Path, help="import sweep.py's output folder (e.g. runs/sweeps) first")
-    p.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", help="import a W&B sweep first")
-    p.add_argument("--sweep_name", help="name of the --wandb sweep in results/ (default: its config name)")
-    p.add_argument("--publish", metavar="ENTITY/PROJECT", help="build and save a W&B Report (online)")
+    p.add_argument("--wandb", action="append", default=[], metavar="ENTITY/PROJECT/SWEEP_ID",
+                   help="import a W&B sweep first (repeat for several)")
+    p.add_argument("--sweep_name", help="name of the one --wandb sweep in results/ (default: its name in W&B)")
+    p.add_argument("--publish", metavar="ENTITY/PROJECT", help="save README.md as a W&B Report (online)")
     return p.parse_args(argv)
+
+
+def check_args(args):
+    """Malformed W&B paths fail here, before any network call or file written."""
+    for path in args.wandb:
+        if path.count("/") != 2 or "" in path.split("/"):
+            raise ReportError(f"--wandb {path}: expected ENTITY/PROJECT/SWEEP_ID, as `wandb sweep` prints it")
+    if args.sweep_name and len(args.wandb) != 1:
+        raise ReportError("--sweep_name names one --wandb sweep: import one at a time, or name sweeps in W&B")
+    if args.publish and (args.publish.count("/") != 1 or "" in args.publish.split("/")):
+        raise ReportError(f"--publish {args.publish}: expected ENTITY/PROJECT")
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
+        check_args(args)
         if args.from_sweeps:
             import_sweeps(args.from_sweeps, args.results)
-        if args.wandb:
-            import_wandb(args.wandb, args.results, args.sweep_name)
+        for path in args.wandb:
+            import_wandb(path, args.results, args.sweep_name)
         if not args.results.is_dir():
             raise ReportError(f"results folder {args.results} not found: pass --results or --from_sweeps")
         names = regenerate(args.results, args.out)
         print(f"report: wrote tables {', '.join(names) or '(none)'} in {args.out}")
         if args.publish:
-            if args.publish.count("/") != 1:
-                raise ReportError(f"--publish {args.publish}: expected ENTITY/PROJECT")
-            publish(*args.publish.split("/"))
+            publish(*args.publish.split("/"), args.out / "README.md")
     except ReportError as e:
         print(f"report.py: error: {e}", file=sys.stderr)
         return 2
