@@ -138,7 +138,7 @@ def build_parser():
          help="more timm.create_model arguments, e.g. norm_layer=groupnorm1 (GroupNorm instead of BatchNorm)")
     switch(hp, "--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
     flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained")
-    flag("--dataset", default="digits", choices=DATASETS)
+    flag("--dataset", default="digits", choices=DATASETS, help="digits ships with scikit-learn: no download")
     flag("--data_dir", default="data", help="root of torchvision datasets, or the imagefolder folder")
     switch(hp, "--download", "let torchvision download the dataset (needs network)")
     flag("--img_size", type=whole(8), default=16, help="pixels; images are resized to img_size x img_size")
@@ -149,14 +149,14 @@ def build_parser():
     flag("--label_noise", type=number(0, 1), default=0.0,
          help="fraction of the training labels (never val or test) replaced by another class, fixed by --seed")
     flag("--batch_size", type=whole(1), default=64, help="per process and per micro-batch")
-    flag("--epochs", type=whole(1), default=10)
+    flag("--epochs", type=whole(1), default=10, help="passes over the training split; the schedule spans them")
     flag("--lr", type=positive, default=2e-3, help="peak learning rate")
     flag("--optimizer", default="adamw", help="a timm optimizer name: adamw, sgd, adam, lamb, ...")
     flag("--momentum", type=number(0, 1), default=None, help="for sgd-like optimizers (default 0.9 there)")
-    flag("--weight_decay", type=number(0, math.inf, example="0.05"), default=0.05)
+    flag("--weight_decay", type=number(0, math.inf, example="0.05"), default=0.05, help="decoupled for adamw")
     flag("--scheduler", default="cosine", choices=("cosine", "step", "constant"), help="per update, by timm")
-    flag("--warmup_epochs", type=whole(0), default=0)
-    flag("--label_smoothing", type=number(0, 1), default=0.0)
+    flag("--warmup_epochs", type=whole(0), default=0, help="linear lr warm-up, in epochs")
+    flag("--label_smoothing", type=number(0, 1), default=0.0, help="of the training loss")
     flag("--grad_accum_steps", type=whole(1), default=None,
          help="micro-batches per update (default: accelerate launch's setting, else 1)")
     flag("--clip_grad", type=number(0, math.inf, example="1.0"), default=0.0, help="max gradient norm; 0 = off")
@@ -182,11 +182,11 @@ def build_parser():
     flag = infra.add_argument
     flag("--config", default="", help="YAML file of flag defaults (or a W&B run's config.yaml); flags override it")
     flag("--output_dir", default="", help="default runs/<run name>")
-    flag("--run_name", default="")
+    flag("--run_name", default="", help="W&B run name; also names the default --output_dir")
     flag("--wandb_mode", default="", choices=("", "online", "offline", "disabled"),
          help="default: $WANDB_MODE, else online with an API key and offline without")
-    flag("--wandb_project", default="lab1")
-    flag("--wandb_entity", default="")
+    flag("--wandb_project", default="lab1", help="W&B project")
+    flag("--wandb_entity", default="", help="W&B user or team; default: your default entity")
     flag("--wandb_group", default="", help="default: $WANDB_RUN_GROUP")
     flag("--wandb_tags", default="", help="comma-separated")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
@@ -391,8 +391,9 @@ class Stop(Exception):
 
 class Preemption:
     """SIGTERM (an agent or a cluster stopping the run) and SIGINT (Ctrl-C) only set a flag: training stops
-    after the current update and saves a checkpoint; after training, the run just finishes. Installed until
-    the process ends, so no signal cuts the test evaluation or W&B's finish in half."""
+    after the current update and saves a checkpoint; after training, the run just finishes. Installed from
+    the end of argument parsing until the process ends, so no signal cuts setup, the test evaluation or
+    W&B's finish in half."""
 
     def __init__(self):
         self.signal = None
@@ -628,10 +629,10 @@ class Training:
                 raise ConfigError(f"{out} holds a checkpoint of a run with {was}; resume it with the same flags, "
                                   "or choose another --output_dir to start a new run")
 
-    def train(self):
+    def train(self, preemption):
         """The epoch loop, evaluating at each point; -> the summary."""
         args, acc, p = self.args, self.accelerator, self.progress or {}
-        self.preemption = Preemption()
+        self.preemption = preemption
         self.noise = NoiseScale(args, acc)
         self.updates, self.examples = p.get("updates", 0), p.get("examples", 0)
         self.clock = dict(p.get("clock", {"train": 0.0, "eval": 0.0, "precise_bn": 0.0}))
@@ -792,8 +793,8 @@ class Training:
             if self.main:
                 runfiles.write_json(tmp / "progress.json", progress)
                 swap_in_checkpoint(out)
-        except OSError as e:  # ENOSPC and the like: leave no half checkpoint behind
-            error = f"checkpoint not saved ({e.strerror or e}); the run cannot resume"
+        except Exception as e:  # a full disk (torch.save says so as a RuntimeError): no half checkpoint is left
+            error = f"checkpoint not saved ({type(e).__name__}: {str(e).splitlines()[0][:160]}); the run cannot resume"
             if self.main:
                 remove_checkpoint(tmp)
                 print(error, file=sys.stderr, flush=True)
@@ -915,6 +916,8 @@ def start_wandb(args, config, resume_id=None):
     init = dict(project=args.wandb_project, entity=args.wandb_entity or None, group=args.wandb_group or None,
                 tags=args.wandb_tags.split(",") if args.wandb_tags else None, name=args.run_name or None,
                 config=config, id=resume_id, resume="allow" if resume_id else None)
+    if mode == "online" and "WANDB_INIT_TIMEOUT" not in os.environ:
+        init["settings"] = wandb.Settings(init_timeout=30)  # seconds; W&B's own 90 s is long to learn "no network"
     try:
         run = wandb.init(mode=mode, **init)
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, TimeoutError) as e:
@@ -922,7 +925,7 @@ def start_wandb(args, config, resume_id=None):
             raise
         # no network, or a key W&B refuses: the run is still recorded, offline, and can be uploaded later
         print(f"wandb: cannot reach W&B ({str(e).splitlines()[0][:120]}); logging offline instead", flush=True)
-        run, defaulted = wandb.init(mode="offline", **init), True
+        run, defaulted = wandb.init(mode="offline", **{k: v for k, v in init.items() if k != "settings"}), True
     run.define_metric("epoch")
     for key in ("train/*", "val/*", "time/train_s", "throughput/*", "noise/*", "update", "examples"):
         run.define_metric(key, step_metric="epoch")
@@ -1011,6 +1014,7 @@ def finish_run(args, run, out, summary, signum):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        preemption = Preemption()  # from here a signal stops training cleanly, even one sent during setup
         training = Training(args)
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
@@ -1018,7 +1022,7 @@ def main(argv=None):
     except Done as e:
         print(f"train.py: {e}", file=sys.stderr)
         return None
-    summary = training.finish(training.train())
+    summary = training.finish(training.train(preemption))
     if summary["status"] == "preempted":  # non-zero, as W&B's agent expects of a run it should requeue
         sys.exit(128 + training.preemption.signal)
     return summary

@@ -17,6 +17,7 @@ from conftest import BIN, ROOT, TINY, clean_env, inspect_wandb, run
 
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
+import runfiles  # noqa: E402
 import train  # noqa: E402
 
 ACCELERATE_2 = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
@@ -127,7 +128,7 @@ def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
                "--log_model", "--output_dir=out"], cwd=workdir, env=clean_env(HOME=str(workdir)))
     assert res.returncode == 0, res.stderr[-2000:]
     s = summary_of(workdir / "out")
-    history = train.read_history(workdir / "out/history.csv")
+    history = runfiles.read_history(workdir / "out/history.csv")
     losses = [h["val/loss"] for h in history]
     best = losses.index(min(losses))
     assert s["status"] == "early_stopped" and len(history) < 40
