@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import runfiles  # noqa: E402
 
 FLAGS = ["--train_samples=256", "--batch_size=32", "--epochs=3", "--evals_per_epoch=2", "--img_size=16"]
-POINTS = [2 * k for k in range(1, 7)]  # 8 updates an epoch, 2 points an epoch, 3 epochs
+POINTS = [4 * k for k in range(1, 7)]  # 8 updates an epoch, a point every 4, 3 epochs
 METRICS = ("test/acc", "test/loss", "val/loss_final", "train/loss")
 
 
