@@ -525,6 +525,12 @@ class Training:
     def __init__(self, args):
         # Everything a user can get wrong is checked before the first file is written.
         self.args = args
+        self.build()
+        self.open_folder()
+
+    def build(self):
+        """Data, model, Accelerator, optimizer, loaders and schedule."""
+        args = self.args
         set_seed(args.seed)
         splits, self.classes = load_splits(args)
         set_seed(args.seed)
@@ -576,14 +582,17 @@ class Training:
             self.optimizer, sched=args.scheduler, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
             decay_epochs=max(1, args.epochs // 3), step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
         acc.register_for_checkpointing(self.scheduler)
+        self.sizes = {"train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set)}
 
+    def open_folder(self):
+        """The run's config, its output folder (resumed, or started afresh) and its W&B run."""
+        args, acc = self.args, self.accelerator
         self.config = {**vars(args), **versions(), **git_info(),
                        "global_batch_size": args.batch_size * acc.num_processes * args.grad_accum_steps,
                        "num_processes": acc.num_processes, "device": device_name(acc),
-                       "num_classes": len(self.classes), "train_size": len(train_set), "val_size": len(val_set),
-                       "test_size": len(test_set), "updates_per_epoch": self.updates_per_epoch,
+                       "num_classes": len(self.classes), **self.sizes, "updates_per_epoch": self.updates_per_epoch,
                        "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
-                       "label_noise_changed": round(args.label_noise * len(train_set))}
+                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"])}
         self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
         self.progress = None
         if self.out:
