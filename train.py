@@ -150,7 +150,13 @@ def build_parser():
          help="fraction of the training labels (never val or test) replaced by another class, fixed by --seed")
     flag("--batch_size", type=whole(1), default=64, help="per process and per micro-batch")
     flag("--epochs", type=whole(1), default=10, help="passes over the training split; the schedule spans them")
-    flag("--lr", type=positive, default=2e-3, help="peak learning rate")
+    flag("--max_updates", type=whole(0), default=0,
+         help="train for exactly this many optimizer updates instead (the schedule spans them); 0 = use --epochs")
+    flag("--lr", type=positive, default=None, help="peak learning rate (default 0.002, or from --lr_base)")
+    flag("--lr_base", type=positive, default=None,
+         help="peak learning rate at --lr_base_size images a batch, scaled linearly with the global batch "
+              "(Goyal et al. 2017; timm's --lr-base): lr = lr_base x global_batch_size / lr_base_size")
+    flag("--lr_base_size", type=whole(1), default=256, help="the batch size --lr_base is for")
     flag("--optimizer", default="adamw", help="a timm optimizer name: adamw, sgd, adam, lamb, ...")
     flag("--momentum", type=number(0, 1), default=None, help="for sgd-like optimizers (default 0.9 there)")
     flag("--weight_decay", type=number(0, math.inf, example="0.05"), default=0.05, help="decoupled for adamw")
@@ -259,6 +265,7 @@ def check_args(a):
         ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
         (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
+        (a.lr is None or a.lr_base is None, "give --lr or --lr_base, not both"),
         (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
                                                                                   and not a.cpu),
          "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
@@ -553,6 +560,8 @@ class Training:
             model = model.to(memory_format=torch.channels_last)
         self.has_bn = bool(batch_norms(model))
         self.saved = SavedTensors(model)
+        global_batch = args.batch_size * acc.num_processes * args.grad_accum_steps
+        args.lr = args.lr_base * global_batch / args.lr_base_size if args.lr_base else args.lr or 2e-3
         try:
             optimizer = timm.optim.create_optimizer_v2(model, opt=args.optimizer, lr=args.lr,
                                                        weight_decay=args.weight_decay,
@@ -574,13 +583,17 @@ class Training:
         if len(self.train_dl) == 0:
             raise ConfigError(f"--batch_size {args.batch_size} x {acc.num_processes} processes is more than the "
                               f"{len(train_set)} training images; use a smaller --batch_size")
-        self.updates_per_epoch = math.ceil(len(self.train_dl) / args.grad_accum_steps)
-        # evaluation points: evenly spaced updates of each epoch, the last one at its end
-        k = min(args.evals_per_epoch, self.updates_per_epoch)
-        self.eval_at = {round(self.updates_per_epoch * j / k) for j in range(1, k + 1)}
-        self.scheduler, _ = timm.scheduler.create_scheduler_v2(
-            self.optimizer, sched=args.scheduler, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-            decay_epochs=max(1, args.epochs // 3), step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
+        per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / args.grad_accum_steps)
+        if args.max_updates:  # the epochs it starts, the last one cut short
+            args.epochs = math.ceil(args.max_updates / per_epoch)
+        self.total_updates = args.max_updates or args.epochs * per_epoch
+        # evaluation points: evenly spaced updates of each epoch, the last one at its end, and the last update
+        k = min(args.evals_per_epoch, per_epoch)
+        self.eval_at = {round(per_epoch * j / k) for j in range(1, k + 1)}
+        self.scheduler, _ = timm.scheduler.create_scheduler_v2(  # in updates: the schedule spans total_updates
+            self.optimizer, sched=args.scheduler, num_epochs=self.total_updates,
+            warmup_epochs=args.warmup_epochs * per_epoch, decay_epochs=max(1, args.epochs // 3) * per_epoch,
+            step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
         self.sizes = {"train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set)}
 
@@ -667,8 +680,11 @@ class Training:
                     if not acc.sync_gradients:
                         continue
                     self.updates += 1
-                    if self.updates - epoch * self.updates_per_epoch in self.eval_at:
+                    last = self.updates == self.total_updates
+                    if last or self.updates - epoch * self.updates_per_epoch in self.eval_at:
                         self.evaluation_point(step)
+                    if last:
+                        break
                     if self.stopping:  # a whole update is done: its state can be saved
                         raise Stop("preempted", step)
                 if epoch == 0 and not p:  # proves the data is sharded: each rank trains on its own part

@@ -218,6 +218,8 @@ BAD_INPUT = [
     # flags that do not go together
     (["--momentum=0.9", "--optimizer=adamw"], "--optimizer adamw takes no momentum"),
     (["--stop_at_target"], "--stop_at_target needs --target_val_acc"),
+    (["--lr=0.1", "--lr_base=0.1"], "give --lr or --lr_base, not both"),
+    (["--max_updates=-5"], "--max_updates: expected a whole number >= 0"),
     (["--optimizer=adamm"], "unknown --optimizer 'adamm'; choose a timm optimizer such as adam"),
     (["--optimizer=fusedadam"], "--optimizer fusedadam cannot run here"),
     # models that cannot be built, loaded or run as asked

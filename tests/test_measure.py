@@ -63,6 +63,9 @@ def test_evaluation_points_and_steps_to_a_target(workdir):
     targets = (0.3, 0.6, 0.9, 0.999)
     argvs = [[*flags, f"--target_val_acc={t}", f"--output_dir=t{t}"] for t in targets]
     argvs.append([*flags, "--target_val_acc=0.6", "--stop_at_target", "--output_dir=stop"])
+    # the same lr from --lr_base (0.32 at 1,024 images a batch is 0.01 at 32), for 11 updates only
+    budget = [f for f in flags if not f.startswith("--lr=")] + ["--lr_base=0.32", "--lr_base_size=1024"]
+    argvs.append([*budget, "--max_updates=11", "--output_dir=budget"])
     res = train_many(argvs, workdir)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -83,6 +86,13 @@ def test_evaluation_points_and_steps_to_a_target(workdir):
             first["update"], first["examples"], first["time/train_s"])
         reached.append(s["target/updates"])
     assert reached == sorted(reached) and math.isfinite(reached[0])  # a higher target never comes sooner
+
+    budget = history(workdir / "budget")
+    assert [h["update"] for h in budget] == [2, 4, 6, 8, 10, 11] and summary_of(workdir / "budget")["update"] == 11
+    config = json.loads((workdir / "budget/config.json").read_text())
+    assert (config["lr"], config["epochs"]) == (pytest.approx(0.01), 2)
+    assert budget[0]["train/loss"] == rows[0]["train/loss"]  # the same lr, so the same first updates
+    assert budget[-1]["train/lr"] < 0.01 * 0.05  # the cosine schedule spans the 11 updates, not 24
 
     stopped = summary_of(workdir / "stop")
     assert stopped["status"] == "reached_target" and math.isfinite(stopped["test/acc"])
