@@ -27,6 +27,7 @@ claim per run make sure no point runs twice and no row is lost. The README's fau
 
 import argparse
 import ast
+import atexit
 import contextlib
 import csv
 import ctypes
@@ -44,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -206,18 +208,38 @@ def check_same_sweep(config, sweep_file, sweep_dir):
                          f"{', '.join(changed)}); start fresh with --sweep_dir NEW_DIR, or delete {sweep_dir}")
 
 
-def check_program_accepts(config, points):
-    """Parse each point's flags with the program's own parse_args, so a bad parameter stops the sweep now.
-    check_program has made sure it is a train.py with parse_args, which does nothing heavy at import."""
-    program = Path(config["program"])
-    sys.path.insert(0, str(program.resolve().parent))  # as when run as a script: it may import its neighbours
-    module = runpy.run_path(str(program), run_name="__sweep_check__")  # its globals; main() does not run
-    for params in points:
-        argv = flags(params)
+def check_program_accepts(config, points, starter=None):
+    """Parse each point's flags with the program's own parse_args, so a bad parameter stops the sweep now. That
+    runs in a process of its own (check_flags), a fork of the warm-start process if there is one: this agent
+    neither pays the program's imports nor runs its code."""
+    argvs = [flags(params) for params in points]
+    if starter:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "check.log"
+            code = starter.start(config["program"], argvs, dict(os.environ), out, check=True).wait()
+            text = out.read_text()
+    else:
+        command = f"import sys; sys.path[0] = {str(HERE)!r}; import sweep; sweep.check_flags(sys.argv[1])"
+        res = subprocess.run([sys.executable, "-c", command, config["program"]], input=json.dumps(argvs),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        code, text = res.returncode, res.stdout
+    if code != 0:
+        raise SweepError(last_line(text) or f"checking its flags ended with exit code {code}")
+
+
+def check_flags(program, argvs=None):
+    """In a process of its own, each argv (else a JSON list of them on stdin): print the first that the program's
+    parse_args rejects and exit 2, or exit 0. check_program made sure it is a train.py with parse_args, which
+    does nothing at import but import."""
+    sys.path[0] = str(Path(program).resolve().parent)  # as `python train.py` has it
+    module = runpy.run_path(program, run_name="__sweep_check__")  # its globals; main() does not run
+    for argv in json.load(sys.stdin) if argvs is None else argvs:
         try:
             module["parse_args"](argv)
         except (module.get("ConfigError", ValueError), SystemExit) as e:
-            raise SweepError(f"{program} rejects `{shlex.join(argv)}`: {e}") from None
+            print(f"{program} rejects `{shlex.join(argv)}`: {e}", flush=True)
+            os._exit(2)
+    os._exit(0)  # tearing down torch & co. would take seconds
 
 
 def propose(config, runs, n):
@@ -326,6 +348,7 @@ def claim(sweep_dir, run):
 
 
 def unclaim(sweep_dir, run):
+    """The run is no longer this agent's (call under the lock)."""
     (sweep_dir / CLAIMS / f"{run.run_id}.json").unlink(missing_ok=True)
     run.claim.close()
 
@@ -335,7 +358,7 @@ def claimed_runs(sweep_dir, tidy=True):
     taken is stale, its agent gone (even SIGKILLed); with tidy (under the lock) it is removed."""
     runs = []
     for path in sorted((sweep_dir / CLAIMS).glob("*.json")):
-        with path.open() as f:
+        with contextlib.suppress(FileNotFoundError, ValueError), path.open() as f:  # ended, or being written
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -394,11 +417,10 @@ def start_sweep_folder(config, sweep_file, sweep_dir):
 # Warm starts: each run is a fork of a process that has imported train.py's modules and run nothing
 
 def warm_program(config):
-    """The program to warm-start, or None: only a train.py under the default command (anything else, such as
-    `accelerate launch`, needs a process of its own making)."""
+    """The program to warm-start (check_program made sure it is a train.py), or None: any command but the default
+    one, such as `accelerate launch`, needs a process of its own making."""
     command = [str(chunk) for chunk in config.get("command") or DEFAULT_SWEEP_COMMAND]
-    return config["program"] if command == DEFAULT_SWEEP_COMMAND and Path(config["program"]).name == "train.py" \
-        else None
+    return config["program"] if command == DEFAULT_SWEEP_COMMAND else None
 
 
 class WarmStarter:
@@ -414,8 +436,9 @@ class WarmStarter:
         self.conn = Connection(ours.detach())
         self.exits = {}  # pid -> exit code, as subprocess.Popen.returncode gives it, of runs that ended
 
-    def start(self, program, args, env, log):
-        self.conn.send({"program": str(program), "args": args, "env": env, "log": str(log)})
+    def start(self, program, args, env, log, check=False):
+        """A run of program with args; with check, args is a list of argvs for check_flags instead."""
+        self.conn.send({"program": str(program), "args": args, "env": env, "log": str(log), "check": check})
         while "exit" in (message := self.receive()):
             pass
         return WarmProcess(message["pid"], self)
@@ -484,8 +507,8 @@ def serve_warm(program, fd):
         if conn in ready:
             try:
                 request = conn.recv()
-            except EOFError:
-                sys.exit(0)  # the agent is done, or gone
+            except EOFError:  # the agent is done, or gone; tearing down what was imported would take seconds
+                os._exit(0)
             pid = fork_run()
             if pid == 0:
                 conn.close()
@@ -532,8 +555,8 @@ def fork_run():
 
 
 def warm_child(request):
-    """In a fork of the warm-start server: become `python PROGRAM ARGS`, with the run's environment and log. Its
-    end is a Python process's end: the exit code of SystemExit, 1 and a traceback for an exception, atexit hooks."""
+    """In a fork of the warm-start server: become `python PROGRAM ARGS`, with the run's environment and log, and
+    end as Python ends: SystemExit's code, a traceback and 1 for an exception, threads joined, atexit hooks run."""
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -546,8 +569,31 @@ def warm_child(request):
     media = sys.modules.get("wandb.sdk.data_types._private")
     if media is not None:
         media.MEDIA_TMP.name = tempfile.mkdtemp("wandb-media")
+    if request["check"]:
+        check_flags(request["program"], request["args"])
     sys.argv = [request["program"], *request["args"]]
-    runpy.run_path(request["program"], run_name="__main__")  # train.py's own START is set again here
+    code = 0
+    try:
+        runpy.run_path(request["program"], run_name="__main__")  # train.py's own START is set again here
+    except SystemExit as stop:  # as Python: None is 0, an int is the code, anything else is printed and 1
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if not isinstance(stop.code, (int, type(None))):
+            print(stop.code, file=sys.stderr)
+    except BaseException as error:  # what the interpreter does with an uncaught exception
+        sys.excepthook(type(error), error, error.__traceback__)
+        code = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
+    # Python's own exit, less tearing down every module, which takes 2 s of a 2-core CPU (bench/RESULTS.md) and
+    # is of no use to a process that is ending: multiprocessing's children end the same way.
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # wandb's teardown, tempfile's clean-up, logging's flush ...
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == -signal.SIGINT:  # an uncaught Ctrl-C: die of SIGINT, as Python does
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,8 +673,8 @@ def record(run, sweep_dir):
         run.status = summary["status"]
 
 
-def last_line(path):
-    lines = path.read_text(errors="replace").strip().splitlines()
+def last_line(text):
+    lines = text.strip().splitlines()
     return lines[-1] if lines else ""
 
 
@@ -676,7 +722,8 @@ def run_sweep(config, name, sweep_dir, count, gpus, starter):
                 free.append(run.gpu)
                 record(run, sweep_dir)
                 rows = save_row(config, sweep_dir, run)
-                why = f"  [{last_line(sweep_dir / run.run_id / runfiles.LOG)}]" if run.status == "failed" else ""
+                log = (sweep_dir / run.run_id / runfiles.LOG).read_text(errors="replace")
+                why = f"  [{last_line(log)}]" if run.status == "failed" else ""
                 print(f"{describe(run, config)}  ({time.monotonic() - run.started:.0f} s){why}", flush=True)
     finally:  # interrupted: stop our runs; those that saved a checkpoint get a `preempted` row, to resume
         for run in running:
@@ -691,7 +738,8 @@ def run_sweep(config, name, sweep_dir, count, gpus, starter):
             if run.status == "preempted":
                 save_row(config, sweep_dir, run)
             else:  # cut off in start-up: no row, so the engine proposes its point again
-                unclaim(sweep_dir, run)
+                with locked(sweep_dir):
+                    unclaim(sweep_dir, run)
     return read_results(sweep_dir / RESULTS, config["parameters"])
 
 
@@ -731,13 +779,13 @@ def main(argv=None):
         config = load_sweep(args.sweep_file)
         check_same_sweep(config, args.sweep_file, sweep_dir)
         program = None if args.cold_start or args.dry_run else warm_program(config)
-        starter = WarmStarter(program) if program else None  # it imports while the points are checked
+        starter = WarmStarter(program) if program else None  # it imports while the engine proposes
         seen = every_run(read_results(sweep_dir / RESULTS, config["parameters"]),
                          claimed_runs(sweep_dir, tidy=False))
         grid = config["method"] == "grid"
         plan = propose(config, [run.sweep_run(sweep_dir) for run in seen],
                        math.inf if grid and args.count is None else args.count or 1)
-        check_program_accepts(config, plan)
+        check_program_accepts(config, plan, starter)
     except (SweepError, ValueError) as e:  # ValueError: the engine refuses the config (e.g. bayes without metric)
         print(f"sweep.py: error: {args.sweep_file}: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)  # the warm-start process, if any, dies with this one (PR_SET_PDEATHSIG)

@@ -8,7 +8,9 @@ Its first line of output says whether torch was imported before it started, whic
 """
 
 import sys
+import time
 
+START = time.perf_counter()  # train.py's time/startup_s counts from here: this file starts the run
 WARM = "torch" in sys.modules  # before this file imports anything
 
 import importlib.util
@@ -64,4 +66,5 @@ with warnings.catch_warnings():  # a warm start runs this file again: this run's
 
 if __name__ == "__main__":
     print(f"warm start: {WARM}", flush=True)
+    train.START = START
     main()
