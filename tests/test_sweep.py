@@ -196,6 +196,7 @@ def run_dirs(sweep_dir):
                   key=lambda p: p.stat().st_mtime)
 
 
+@pytest.mark.slow
 def test_grid_sweep_records_every_point_once_across_a_sigkill(workdir):
     # Point 1 fails (no MNIST in the folder: exit 2); point 2 is training when the agent is SIGKILLed, then is redone.
     (workdir / "data").mkdir()
@@ -250,6 +251,7 @@ def test_grid_sweep_records_every_point_once_across_a_sigkill(workdir):
             assert config["metric"]["name"] in read_csv(done / "history.csv")[0], path.name
 
 
+@pytest.mark.slow
 def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(workdir):
     write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, fixed={"epochs": {"value": 20}})
     sweep_dir = workdir / "runs/sweeps/one"
@@ -277,6 +279,7 @@ def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(wor
         list(map(float, range(1, 21)))  # resumed once: no epoch twice
 
 
+@pytest.mark.slow
 def test_hyperband_stops_a_run_that_falls_behind(workdir):
     # Metric `lr` (logged every epoch; the cosine schedule scales both runs alike) ranks the runs before they
     # train: run 2 is certain to be behind run 1 at epoch 1, and with eta 3 Hyperband keeps only the top third.
@@ -313,6 +316,7 @@ def test_a_crash_or_os_exit_in_a_warm_run_leaves_the_next_run_and_the_agent_unaf
     assert recorded["run_id"] == rows[2]["run_id"] and recorded["summary"]["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_two_agents_on_one_grid_run_each_point_once(workdir):
     # Started together on a 4-point grid; the lr values are written 1e-3 (read back as numbers, not rerun).
     write_sweep(workdir / "grid.yaml", {"seed": {"values": [0, 1]}})
@@ -331,6 +335,7 @@ def test_two_agents_on_one_grid_run_each_point_once(workdir):
     assert dry.returncode == 0 and dry.stdout == "" and "nothing left to run" in dry.stderr
 
 
+@pytest.mark.slow
 def test_a_resume_that_crashes_is_failed_not_resumed_for_ever(workdir):
     write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, program=str(ROOT / "tests/warm/train.py"),
                 fixed={"model": {"value": "resnet_fails_on_resume"}, "epochs": {"value": 20}})
