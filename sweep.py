@@ -4,6 +4,7 @@
     python sweep.py sweeps/lab1_lr.yaml --dry_run      # print the command lines that would run
     python sweep.py sweeps/bayes.yaml --count 10       # at most 10 new runs, then stop
     python sweep.py sweeps/bayes.yaml --gpus 0,1       # two runs at once, one per GPU
+    python sweep.py sweeps/lab1_lr.yaml --cold_start   # each run a new `python train.py` process (slower)
 
 Online, the same files run with `wandb sweep sweeps/X.yaml` and then `wandb agent ENTITY/PROJECT/ID`.
 Here the `sweeps` package (what the W&B server runs) picks the runs: `next_run` for grid, random and bayes,
@@ -11,30 +12,49 @@ Here the `sweeps` package (what the W&B server runs) picks the runs: `next_run` 
 addition, `--output_dir=<sweep_dir>/<run_id>`, and env WANDB_MODE=offline, WANDB_RUN_GROUP=<sweep name>,
 WANDB_RUN_ID=<run_id>. `${interpreter}` is the Python running this script (wandb agent uses `python`).
 
-State is runs/sweeps/<sweep name>/results.csv, one row per ended run, rewritten atomically after each.
-Run the same command again after an interruption: ended runs are never repeated. A run stopped by SIGTERM or
-Ctrl-C of this agent saves a checkpoint and gets a `preempted` row; the next invocation resumes it first, under
-the same run id and folder. A run cut off harder (this agent SIGKILLed: the kernel then sends the run SIGTERM)
-has no row, so the engine proposes its point again, as a new run (its folder stays, with no row pointing at it).
+Warm starts: with the default command, a helper process imports train.py's modules (torch, timm, accelerate,
+wandb: about 4 s) once and runs nothing; each run is a fork of it that then runs exactly as `python train.py
+ARGS` would, in its own process and process group, with its own environment, train.log and exit code.
+--cold_start, or any other command (`accelerate launch`), starts each run as a new process instead.
+
+State is runs/sweeps/<sweep name>/: results.csv (one row per ended run), sweep.yaml (the file that made it)
+and claims/ (one file per run an agent is running). Run the same command again after an interruption: ended
+runs are never repeated, and a `preempted` run (SIGTERM or Ctrl-C of this agent) is resumed first, under the
+same run id and folder. A sweep folder holds one version of one file: an edited file is refused (start it in
+another --sweep_dir). Several agents may share a sweep folder on one machine: a lock on the folder and a
+claim per run make sure no point runs twice and no row is lost. The README's fault table says what survives what.
 """
 
 import argparse
+import ast
+import atexit
+import contextlib
 import csv
 import ctypes
-import importlib.util
+import fcntl
+import importlib
 import json
 import math
 import os
+import re
+import runpy
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import yaml
+
+import runfiles
 
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")  # sweeps' pydantic v1 config
 import jsonschema
@@ -42,9 +62,12 @@ import sweeps
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 from wandb.sdk.lib.runid import generate_id  # the 8-character id wandb.init would pick
 
-POLL_S = 0.5  # seconds between checks of running runs (exit, and history.csv for hyperband)
+HERE = Path(__file__).resolve().parent
+POLL_S = 0.5  # seconds between checks of running runs (history.csv for hyperband); an exit is seen at once
 KILL_GRACE_S = 30  # seconds between SIGTERM and SIGKILL, as wandb agent's kill delay
 FIXED_COLUMNS = ["run_id", "status", "exit_code"]
+RESULTS, SWEEP_COPY, CLAIMS, LOCK = "results.csv", "sweep.yaml", "claims", ".lock"
+FLAG_MACROS = ("args", "args_no_equals", "args_no_boolean_flags")  # ${...} that expand to flags train.py takes
 
 
 class SweepError(Exception):
@@ -55,31 +78,45 @@ class SweepError(Exception):
 class Run:
     run_id: str
     params: dict  # parameter name -> value, as the engine proposed it
-    status: str = "running"  # then finished | early_stopped | diverged | oom | failed | stopped | preempted
+    status: str = "running"  # then a word of runfiles.STATUSES
     exit_code: int | None = None
     summary: dict = field(default_factory=dict)  # scalar summary.json entries
-    proc: subprocess.Popen | None = None
+    proc: object = None  # subprocess.Popen, or WarmProcess
     gpu: str | None = None
     started: float = 0.0  # time.monotonic() at launch
     stop_sent: float | None = None  # time.monotonic() of the SIGTERM, when hyperband stops it
+    claim: object = None  # the open, flock'ed claims/<run_id>.json while this agent runs it
+    stale: tuple | None = None  # summary.json's (inode, mtime) at launch: a resumed run's earlier part wrote it
 
     def sweep_run(self, sweep_dir):
-        """This run as the engine sees it: its config, state, summary, and per-epoch history."""
+        """This run as the engine sees it: its config, state, summary, and history."""
         state = {"running": "running", "failed": "failed"}.get(self.status, "finished")
         return sweeps.SweepRun(name=self.run_id, state=state, config={k: {"value": v} for k, v in self.params.items()},
                                summary_metrics=self.summary, history=read_history(sweep_dir / self.run_id))
 
 
 # ----------------------------------------------------------------------------------------------
-# The sweep file: parsed, validated by W&B's schema, and checked against the program's own parser
+# The sweep file: parsed, validated by W&B's schema and engine, and checked against the program's own parser
 
-def load_sweep(path):
+class Loader(yaml.SafeLoader):
+    """YAML with 1e-3 read as a number, as YAML 1.2 and every reader of the file does (PyYAML wants 1.0e-3)."""
+
+
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                             list("-+0123456789"))
+
+
+def read_sweep(path):
+    """The file as W&B's server fills it in; SweepError if it is not a valid W&B sweep."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=Loader)
     except (OSError, yaml.YAMLError) as e:
         raise SweepError(str(e)) from None
     if not isinstance(raw, dict):
         raise SweepError("a sweep file is a mapping with program, method, metric and parameters")
+    parameters = raw.get("parameters")
+    if not isinstance(parameters, dict) or not all(isinstance(spec, dict) for spec in parameters.values()):
+        raise SweepError("parameters: must map each flag name to {value: x} or {values: [x, y]}")
     try:
         violations = sweeps.schema_violations_from_proposed_config(raw)
         config = sweeps.SweepConfig(raw) if not violations else None
@@ -87,30 +124,122 @@ def load_sweep(path):
         violations = [e.args[0] if e.args else str(e)]
     if violations:
         raise SweepError("not a valid W&B sweep: " + "; ".join(violations))
-    if config["method"] not in ("grid", "random", "bayes"):
-        raise SweepError(f"method {config['method']!r}: the sweeps engine offers grid, random and bayes")
-    if not Path(config.get("program", "")).is_file():
-        raise SweepError(f"program {config.get('program')!r} not found (paths are relative to where you run this)")
     return config
 
 
-def check_program_accepts(config, points):
-    """Parse each point's flags with the program's own parse_args, so a bad parameter stops the sweep now."""
-    program = Path(config["program"])
-    if program.suffix != ".py":
-        return
-    sys.path.insert(0, str(program.resolve().parent))  # as when run as a script: it may import its neighbours
-    spec = importlib.util.spec_from_file_location(program.stem, program)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # train.py does nothing heavy at import time
-    if not hasattr(module, "parse_args"):
-        return
-    for params in points:
-        argv = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args"]
+def load_sweep(path):
+    """The sweep, with every check that can fail made now, before any run."""
+    config = read_sweep(path)
+    if config["method"] not in ("grid", "random", "bayes"):
+        raise SweepError(f"method {config['method']!r}: the sweeps engine offers grid, random and bayes")
+    check_program(config.get("program", ""))
+    check_command(config)
+    sweeps.next_run(config, [])  # the engine's own checks (ValueError), e.g. bayes without a metric
+    if "early_terminate" in config:
         try:
-            module.parse_args(argv)
-        except (getattr(module, "ConfigError", ValueError), SystemExit) as e:
-            raise SweepError(f"{program} rejects `{shlex.join(argv)}`: {e}") from None
+            sweeps.stop_runs(config, [])  # otherwise checked only once a run has history
+        except ValueError as e:
+            raise SweepError(f"early_terminate: {e}") from None
+    return config
+
+
+def check_program(program):
+    """sweep.py runs train.py: it adds --output_dir and reads each run's summary.json and history.csv. Checked by
+    reading the file, not running it."""
+    path = Path(program)
+    if not path.is_file():
+        raise SweepError(f"program {program!r} not found (paths are relative to where you run this)")
+    if path.name != "train.py":
+        raise SweepError(f"program {program!r}: sweep.py runs a train.py (it reads the summary.json train.py "
+                         "writes); use program: train.py, or wandb agent for another program")
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (SyntaxError, ValueError) as e:
+        raise SweepError(f"program {program}: {e}") from None
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Assign):
+            names |= {name.id for target in node.targets for name in ast.walk(target) if isinstance(name, ast.Name)}
+    if missing := {"main", "parse_args"} - names:
+        raise SweepError(f"program {program} has no {' or '.join(sorted(missing))}(): sweep.py runs this "
+                         "project's train.py")
+
+
+def check_command(config):
+    """A command that passes the run's flags once, in a form train.py parses, and never overrides them."""
+    command = [str(chunk) for chunk in config.get("command") or DEFAULT_SWEEP_COMMAND]
+    macros = [chunk[2:-1] for chunk in command if chunk.startswith("${") and chunk.endswith("}")]
+    if bad := [m for m in macros if m not in ("env", "interpreter", "program", *FLAG_MACROS)]:
+        raise SweepError(f"command: ${{{bad[0]}}} is not a form of flags train.py reads; use ${{args}}")
+    forms = [m for m in macros if m in FLAG_MACROS]
+    if len(forms) != 1:
+        raise SweepError(f"command: has {len(forms)} ${{args}}; it needs exactly one, where train.py's flags go")
+    for chunk in command[command.index("${" + forms[0] + "}") + 1:]:
+        name = chunk.split("=")[0].removeprefix("--")
+        if chunk.startswith("--") and (name in config["parameters"] or name == "output_dir"):
+            raise SweepError(f"command: {chunk} after ${{{forms[0]}}} overrides the sweep's value; remove it")
+
+
+def identity(config):
+    """What makes a run: the whole file as the engine fills it in, command included."""
+    return json.loads(json.dumps({**config, "command": list(config.get("command") or DEFAULT_SWEEP_COMMAND)},
+                                 sort_keys=True, default=str))
+
+
+def check_same_sweep(config, sweep_file, sweep_dir):
+    """A sweep folder holds the results of one version of one file: results made otherwise are never reused."""
+    saved = sweep_dir / SWEEP_COPY
+    if not saved.exists():
+        if (sweep_dir / RESULTS).exists():
+            raise SweepError(f"{sweep_dir} has no {SWEEP_COPY} saying which file made its results: if {sweep_file} "
+                             f"is unchanged since, copy it to {saved}; else start fresh with --sweep_dir")
+        return
+    old, new = identity(read_sweep(saved)), identity(config)
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k != "parameters"]
+    parameters = old.get("parameters", {}), new.get("parameters", {})
+    changed += [f"parameters.{k}" for k in sorted(parameters[0].keys() | parameters[1].keys())
+                if parameters[0].get(k) != parameters[1].get(k)]
+    if changed:
+        raise SweepError(f"{sweep_dir} holds the results of another version of this file (changed: "
+                         f"{', '.join(changed)}); start fresh with --sweep_dir NEW_DIR, or delete {sweep_dir}")
+
+
+def check_program_accepts(config, points, starter=None):
+    """Parse each point's flags with the program's own parse_args, so a bad parameter stops the sweep now. That
+    runs in a process of its own (check_flags), a fork of the warm-start process if there is one: this agent
+    neither pays the program's imports nor runs its code."""
+    argvs = [flags(params) for params in points]
+    if starter:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "check.log"
+            code = starter.start(config["program"], argvs, dict(os.environ), out, check=True).wait()
+            text = out.read_text()
+    else:
+        command = f"import sys; sys.path[0] = {str(HERE)!r}; import sweep; sweep.check_flags(sys.argv[1])"
+        res = subprocess.run([sys.executable, "-c", command, config["program"]], input=json.dumps(argvs),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        code, text = res.returncode, res.stdout
+    if code != 0:
+        raise SweepError(last_line(text) or f"checking its flags ended with exit code {code}")
+
+
+def check_flags(program, argvs=None):
+    """In a process of its own, each argv (else a JSON list of them on stdin): print the first that the program's
+    parse_args rejects and exit 2, or exit 0. check_program made sure it is a train.py with parse_args, which
+    does nothing at import but import."""
+    sys.path[0] = str(Path(program).resolve().parent)  # as `python train.py` has it
+    module = runpy.run_path(program, run_name="__sweep_check__")  # its globals; main() does not run
+    for argv in json.load(sys.stdin) if argvs is None else argvs:
+        try:
+            module["parse_args"](argv)
+        except (module.get("ConfigError", ValueError), SystemExit) as e:
+            print(f"{program} rejects `{shlex.join(argv)}`: {e}", flush=True)
+            os._exit(2)
+    os._exit(0)  # tearing down torch & co. would take seconds
 
 
 def propose(config, runs, n):
@@ -125,6 +254,12 @@ def propose(config, runs, n):
     return [{k: v["value"] for k, v in run.config.items()} for run in pending]
 
 
+def flags(params, run_dir=None):
+    """The run's flags as `wandb agent` writes them (--name=value), plus --output_dir."""
+    extra = {"output_dir": {"value": str(run_dir)}} if run_dir is not None else {}
+    return create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()} | extra})["args"]
+
+
 def command_line(config, params, run_dir):
     """The argv `wandb agent` builds for these parameters, plus --output_dir."""
     args = {k: {"value": v} for k, v in params.items()} | {"output_dir": {"value": str(run_dir)}}
@@ -133,15 +268,12 @@ def command_line(config, params, run_dir):
     argv = []
     for chunk in create_sweep_command(list(config.get("command") or DEFAULT_SWEEP_COMMAND)):
         chunk = str(chunk)
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += macros.get(chunk[2:-1]) or []  # an unknown macro expands to nothing, as in wandb agent
-        else:
-            argv.append(chunk)
+        argv += macros[chunk[2:-1]] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
     return argv
 
 
 # ----------------------------------------------------------------------------------------------
-# Files: results.csv (the sweep's state), and each run's history.csv and summary.json
+# The sweep folder: results.csv, claims/ and the lock that several agents share
 
 def parse_cell(text):
     """A results.csv cell back to the value written: '16' -> 16, '1e-05' -> 1e-05, 'True' -> True."""
@@ -155,18 +287,25 @@ def parse_cell(text):
     return text
 
 
-def read_results(path, param_names):
+def read_results(path, parameters):
+    """results.csv -> Runs; a parameter's cell reads back as the sweep's own value ('1e3' quoted stays a string)."""
     if not path.exists():
         return []
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     runs = []
     for row in rows:
-        values = {k: parse_cell(v) for k, v in row.items() if v != ""}
-        runs.append(Run(row["run_id"], {k: values[k] for k in param_names if k in values}, row["status"],
-                        values.get("exit_code"),
-                        {k: v for k, v in values.items() if k not in param_names and k not in FIXED_COLUMNS}))
+        values = {k: parse_cell(v) for k, v in row.items() if v != "" and k not in parameters}
+        params = {k: declared_value(spec, row[k]) for k, spec in parameters.items() if row.get(k, "") != ""}
+        runs.append(Run(row["run_id"], params, row["status"], values.get("exit_code"),
+                        {k: v for k, v in values.items() if k not in FIXED_COLUMNS}))
     return runs
+
+
+def declared_value(spec, text):
+    """A parameter's cell back to the value in the sweep file that it was written from, if any."""
+    declared = [spec["value"]] if "value" in spec else spec.get("values", [])
+    return next((value for value in declared if str(value) == text), parse_cell(text))
 
 
 def write_results(path, runs, param_names):
@@ -183,32 +322,312 @@ def write_results(path, runs, param_names):
 
 def read_history(run_dir):
     try:
-        with (run_dir / "history.csv").open(newline="") as f:
-            return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+        return runfiles.read_history(run_dir / runfiles.HISTORY)
     except (OSError, ValueError):
-        return []  # not started yet, or a row being written: read it again at the next poll
+        return []  # a row being appended (train.py before atomic history.csv): read it again at the next poll
+
+
+@contextlib.contextmanager
+def locked(sweep_dir):
+    """The sweep folder's lock, held while an agent reads the sweep's state and claims a run, and while it rewrites
+    results.csv. flock: the kernel releases it when its holder ends, however it ends."""
+    with open(sweep_dir / LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def claim(sweep_dir, run):
+    """claims/<run_id>.json, flock'ed by this agent for as long as it runs the run (call under the lock)."""
+    path = sweep_dir / CLAIMS / f"{run.run_id}.json"
+    path.parent.mkdir(exist_ok=True)
+    run.claim = path.open("w")
+    fcntl.flock(run.claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    json.dump({"run_id": run.run_id, "params": run.params, "pid": os.getpid(), "host": socket.gethostname()},
+              run.claim)
+    run.claim.flush()
+
+
+def unclaim(sweep_dir, run):
+    """The run is no longer this agent's (call under the lock)."""
+    (sweep_dir / CLAIMS / f"{run.run_id}.json").unlink(missing_ok=True)
+    run.claim.close()
+
+
+def claimed_runs(sweep_dir, tidy=True):
+    """The runs some agent (this one included) is running: claims whose flock is held. A claim whose lock can be
+    taken is stale, its agent gone (even SIGKILLed); with tidy (under the lock) it is removed."""
+    runs = []
+    for path in sorted((sweep_dir / CLAIMS).glob("*.json")):
+        with contextlib.suppress(FileNotFoundError, ValueError), path.open() as f:  # ended, or being written
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                data = json.loads(f.read())
+                runs.append(Run(data["run_id"], data["params"]))
+                continue
+            if tidy:
+                path.unlink()
+    return runs
+
+
+def every_run(rows, claimed):
+    """The sweep's runs, each once: ended ones (rows) and running ones (claims; a resumed run has both)."""
+    return rows + [run for run in claimed if run.run_id not in {row.run_id for row in rows}]
+
+
+def next_run(config, sweep_dir, new_allowed):
+    """Claim this agent's next run: a preempted run nobody is resuming, else (if new_allowed) a new point from the
+    engine, which sees every agent's ended and running runs. -> (run, rows of results.csv), run None if none."""
+    with locked(sweep_dir):
+        rows = read_results(sweep_dir / RESULTS, config["parameters"])
+        claimed = claimed_runs(sweep_dir)
+        busy = {run.run_id for run in claimed}
+        run = next((row for row in rows if row.status == "preempted" and row.run_id not in busy), None)
+        everyone = every_run(rows, claimed)
+        if run is None and new_allowed and len(everyone) < config.get("run_cap", math.inf):
+            points = propose(config, [run.sweep_run(sweep_dir) for run in everyone], 1)
+            run = Run(generate_id(), points[0]) if points else None
+        if run is not None:
+            claim(sweep_dir, run)
+    return run, rows
+
+
+def save_row(config, sweep_dir, run):
+    """This run's row replaces any earlier one of the same id (its preempted part); its claim ends. -> rows"""
+    with locked(sweep_dir):
+        rows = [row for row in read_results(sweep_dir / RESULTS, config["parameters"]) if row.run_id != run.run_id]
+        write_results(sweep_dir / RESULTS, rows + [run], list(config["parameters"]))
+        unclaim(sweep_dir, run)
+    return rows + [run]
+
+
+def start_sweep_folder(config, sweep_file, sweep_dir):
+    """The folder, with the copy of the file that makes its results (checked again under the lock: another agent
+    may have started it a moment ago from another version)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with locked(sweep_dir):
+        check_same_sweep(config, sweep_file, sweep_dir)
+        if not (sweep_dir / SWEEP_COPY).exists():
+            tmp = sweep_dir / (SWEEP_COPY + ".tmp")
+            shutil.copyfile(sweep_file, tmp)
+            os.replace(tmp, sweep_dir / SWEEP_COPY)
+
+
+# ----------------------------------------------------------------------------------------------
+# Warm starts: each run is a fork of a process that has imported train.py's modules and run nothing
+
+def warm_program(config):
+    """The program to warm-start (check_program made sure it is a train.py), or None: any command but the default
+    one, such as `accelerate launch`, needs a process of its own making."""
+    command = [str(chunk) for chunk in config.get("command") or DEFAULT_SWEEP_COMMAND]
+    return config["program"] if command == DEFAULT_SWEEP_COMMAND else None
+
+
+class WarmStarter:
+    """The agent's end of the warm-start server (serve_warm): start a run, learn when it ends."""
+
+    def __init__(self, program):
+        ours, theirs = socket.socketpair()
+        code = (f"import sys; sys.path[0] = {str(HERE)!r}; import sweep; "
+                f"sweep.warm_child(sweep.serve_warm({str(program)!r}, {theirs.fileno()}))")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                     stdin=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.exits = {}  # pid -> exit code, as subprocess.Popen.returncode gives it, of runs that ended
+
+    def start(self, program, args, env, log, check=False):
+        """A run of program with args; with check, args is a list of argvs for check_flags instead."""
+        self.conn.send({"program": str(program), "args": args, "env": env, "log": str(log), "check": check})
+        while "exit" in (message := self.receive()):
+            pass
+        return WarmProcess(message["pid"], self)
+
+    def collect(self, timeout):
+        """Wait up to timeout seconds for a run to end; note every end reported."""
+        while self.conn.poll(timeout):
+            self.receive()
+            timeout = 0
+
+    def receive(self):
+        try:
+            message = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"sweep.py's warm-start process ended (exit {self.proc.wait()}); run the same "
+                               "command again, or add --cold_start") from None
+        if "exit" in message:
+            self.exits[message["pid"]] = message["exit"]
+        return message
+
+    def close(self):
+        self.conn.close()  # the server exits when it reads the end
+        self.proc.wait()
+
+
+class WarmProcess:
+    """A warm-started run, with what the agent uses of subprocess.Popen: pid, returncode, poll and wait."""
+
+    def __init__(self, pid, starter):
+        self.pid, self.starter, self.returncode = pid, starter, None
+
+    def poll(self):
+        if self.returncode is None:
+            self.starter.collect(0)
+            self.returncode = self.starter.exits.pop(self.pid, None)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"run {self.pid}", timeout)
+            self.starter.collect(min(POLL_S, deadline - time.monotonic()))
+        return self.returncode
+
+
+def serve_warm(program, fd):
+    """The warm-start server, a process of its own: import what every run imports, then fork a child for each
+    request and report each child's end. Returns only in a child, with its request; exits when the agent does."""
+    conn = Connection(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a job's SIGTERM are the agent's to handle: it stops
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # its runs, and needs this process to tell it how they ended
+    sys.path[0] = str(Path(program).resolve().parent)  # as `python train.py` has it
+    runpy.run_path(program, run_name="__warm__")  # imports torch, timm, accelerate, wandb; runs nothing
+    importlib.import_module("wandb.sdk.launch")  # wandb.init imports it in every run: 1.2 s saved per run
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)  # a child's end (SIGCHLD) wakes the wait below
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while True:
+        ready = wait([conn, wake_r])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        for pid, code in reap():
+            conn.send({"pid": pid, "exit": code})
+        if conn in ready:
+            try:
+                request = conn.recv()
+            except EOFError:  # the agent is done, or gone; tearing down what was imported would take seconds
+                os._exit(0)
+            pid = fork_run()
+            if pid == 0:
+                conn.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                return request
+            conn.send({"pid": pid})
+
+
+def reap():
+    """(pid, exit code) of each child that has ended, the code as subprocess.Popen.returncode gives it."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, os.waitstatus_to_exitcode(status)
+
+
+def fork_run():
+    """os.fork, the child in its own session (as Popen(start_new_session=True)) before the parent learns its pid,
+    so that a signal sent to the run's process group can never miss it."""
+    parent = os.getpid()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(ready_w)
+        os.read(ready_r, 1)  # returns when the child closes its end
+        os.close(ready_r)
+        return pid
+    os.close(ready_r)
+    os.setsid()
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:  # the server died before prctl: nobody would ever see this run
+        os._exit(128 + signal.SIGTERM)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the handlers of a new Python process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.close(ready_w)
+    return 0
+
+
+def warm_child(request):
+    """In a fork of the warm-start server: become `python PROGRAM ARGS`, with the run's environment and log, and
+    end as Python ends: SystemExit's code, a traceback and 1 for an exception, threads joined, atexit hooks run."""
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # wandb makes one media folder per process at import and deletes it at exit: a run gets a folder of its own,
+    # or the first run to end would delete the one every other run writes its tables to.
+    media = sys.modules.get("wandb.sdk.data_types._private")
+    if media is not None:
+        media.MEDIA_TMP.name = tempfile.mkdtemp("wandb-media")
+    if request["check"]:
+        check_flags(request["program"], request["args"])
+    sys.argv = [request["program"], *request["args"]]
+    code = 0
+    try:
+        runpy.run_path(request["program"], run_name="__main__")  # train.py's own START is set again here
+    except SystemExit as stop:  # as Python: None is 0, an int is the code, anything else is printed and 1
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if not isinstance(stop.code, (int, type(None))):
+            print(stop.code, file=sys.stderr)
+    except BaseException as error:  # what the interpreter does with an uncaught exception
+        sys.excepthook(type(error), error, error.__traceback__)
+        code = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
+    # Python's own exit, less tearing down every module, which takes 2 s of a 2-core CPU (bench/RESULTS.md) and
+    # is of no use to a process that is ending: multiprocessing's children end the same way.
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # wandb's teardown, tempfile's clean-up, logging's flush ...
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == -signal.SIGINT:  # an uncaught Ctrl-C: die of SIGINT, as Python does
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------
 # Running: launch, poll, stop, record
 
-def die_with_parent():
-    """In the child, before exec: if this agent dies, even by SIGKILL, the kernel sends the run SIGTERM."""
+def die_with_parent(sig=signal.SIGTERM):
+    """In a child: if its parent dies, even by SIGKILL, the kernel sends it sig."""
     if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
 
 
-def launch(config, run, sweep_dir, name):
+def fingerprint(path):
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns  # runfiles.write_json replaces a file: a new inode
+
+
+def launch(config, run, sweep_dir, name, starter):
     run_dir = sweep_dir / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)  # exists when a preempted run is resumed
+    run.status, run.stop_sent, run.stale = "running", None, fingerprint(run_dir / runfiles.SUMMARY)
     env = dict(os.environ, WANDB_MODE="offline", WANDB_RUN_GROUP=name, WANDB_RUN_ID=run.run_id,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))  # `accelerate`
     if run.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = run.gpu
-    with (run_dir / "train.log").open("ab") as log:  # the run's own output; the terminal gets one line per run
-        run.proc = subprocess.Popen(command_line(config, run.params, run_dir), env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                                    start_new_session=True)  # its own process group: signals reach accelerate's workers
+    if starter:
+        run.proc = starter.start(config["program"], flags(run.params, run_dir), env, run_dir / runfiles.LOG)
+    else:
+        with (run_dir / runfiles.LOG).open("ab") as log:  # the run's own output; the terminal gets a line per run
+            run.proc = subprocess.Popen(command_line(config, run.params, run_dir), env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                                        start_new_session=True)  # its own group: signals reach accelerate's workers
     run.started = time.monotonic()
 
 
@@ -219,9 +638,10 @@ def signal_group(run, sig):
         pass
 
 
-def stop_poor_runs(config, ended, running, sweep_dir):
+def stop_poor_runs(config, rows, running, sweep_dir):
     """Hyperband: ask the engine which running runs to stop, from every run's history.csv."""
     by_id = {run.run_id: run for run in running}
+    ended = [row for row in rows if row.run_id not in by_id]
     for sweep_run in sweeps.stop_runs(config, [run.sweep_run(sweep_dir) for run in ended + running]):
         run = by_id[sweep_run.name]
         if run.stop_sent is None:
@@ -234,25 +654,27 @@ def stop_poor_runs(config, ended, running, sweep_dir):
 
 def record(run, sweep_dir):
     """Status and metrics of a run whose process has ended."""
+    run_dir = sweep_dir / run.run_id
     run.exit_code = run.proc.returncode
-    try:
-        summary = json.loads((sweep_dir / run.run_id / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}  # the run failed or was stopped before writing one
+    fresh = fingerprint(run_dir / runfiles.SUMMARY) != run.stale  # else its earlier part's, or none
+    summary = (runfiles.read_json(run_dir / runfiles.SUMMARY) if fresh else None) or {}
     run.summary = {k: v for k, v in summary.items()
                    if k not in ("status", "wandb_run_dir") and isinstance(v, (int, float, str, bool))}
-    if run.stop_sent is not None:
-        run.status = "stopped"
-    elif summary.get("status") == "preempted":  # it saved a checkpoint: the next invocation resumes it
-        run.status = "preempted"
+    signalled = run.exit_code in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
+    if run.stop_sent is not None and summary.get("status") in (None, "preempted"):
+        run.status = "stopped"  # for good: its summary.json says so too, and it keeps no checkpoint
+        runfiles.write_json(run_dir / runfiles.SUMMARY, {**summary, "status": "stopped"})
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    elif summary.get("status") == "preempted" or (signalled and (run_dir / "checkpoint/progress.json").exists()):
+        run.status = "preempted"  # it has a checkpoint (a signal in start-up leaves the earlier one): resume it
     elif run.exit_code != 0 or not summary:
-        run.status = "failed"
+        run.status = "failed"  # a resume that crashes too: never resumed again in a loop
     else:
         run.status = summary["status"]
 
 
-def last_line(path):
-    lines = path.read_text(errors="replace").strip().splitlines()
+def last_line(text):
+    lines = text.strip().splitlines()
     return lines[-1] if lines else ""
 
 
@@ -269,44 +691,39 @@ def describe(run, config):
     return "  ".join(parts)
 
 
-def run_sweep(config, name, sweep_dir, ended, count, gpus):
-    """Resume preempted runs, then launch new ones until the engine has none left, --count is used up or
-    run_cap is reached."""
-    param_names = list(config["parameters"])
+def run_sweep(config, name, sweep_dir, count, gpus, starter):
+    """Claim and run runs, preempted ones first, until there are none left for this agent, --count new ones have
+    started or run_cap is reached. -> every agent's rows of results.csv."""
     free = list(gpus) or [None]  # None: one run at a time, devices left as they are
-    resume = [run for run in ended if run.status == "preempted"]
-    ended[:] = [run for run in ended if run.status != "preempted"]
-    running = []
+    running, rows = [], []
     launched, exhausted = 0, False
-    cap = config.get("run_cap", math.inf)
     try:
         while True:
-            while free and resume:
-                run = resume.pop(0)
-                run.status, run.gpu = "running", free.pop(0)
-                launch(config, run, sweep_dir, name)
-                running.append(run)
-            while free and not exhausted and launched < count and len(ended) + len(running) < cap:
-                points = propose(config, [run.sweep_run(sweep_dir) for run in ended + running + resume], 1)
-                if not points:
+            while free and not exhausted:
+                run, rows = next_run(config, sweep_dir, launched < count)
+                if run is None:
                     exhausted = True
                     break
-                run = Run(generate_id(), points[0], gpu=free.pop(0))
-                launch(config, run, sweep_dir, name)
+                if run.status != "preempted":  # --count limits new runs, not resumes
+                    launched += 1
+                run.gpu = free.pop(0)
+                launch(config, run, sweep_dir, name, starter)
                 running.append(run)
-                launched += 1
             if not running:
                 break
-            time.sleep(POLL_S)
+            if starter:
+                starter.collect(POLL_S)  # returns as soon as a run ends
+            else:
+                time.sleep(POLL_S)
             if "early_terminate" in config:
-                stop_poor_runs(config, ended, running, sweep_dir)
+                stop_poor_runs(config, rows, running, sweep_dir)
             for run in [run for run in running if run.proc.poll() is not None]:
                 running.remove(run)
                 free.append(run.gpu)
                 record(run, sweep_dir)
-                ended.append(run)
-                write_results(sweep_dir / "results.csv", ended, param_names)
-                why = f"  [{last_line(sweep_dir / run.run_id / 'train.log')}]" if run.status == "failed" else ""
+                rows = save_row(config, sweep_dir, run)
+                log = (sweep_dir / run.run_id / runfiles.LOG).read_text(errors="replace")
+                why = f"  [{last_line(log)}]" if run.status == "failed" else ""
                 print(f"{describe(run, config)}  ({time.monotonic() - run.started:.0f} s){why}", flush=True)
     finally:  # interrupted: stop our runs; those that saved a checkpoint get a `preempted` row, to resume
         for run in running:
@@ -318,8 +735,12 @@ def run_sweep(config, name, sweep_dir, ended, count, gpus):
                 signal_group(run, signal.SIGKILL)
                 run.proc.wait()
             record(run, sweep_dir)
-        ended += [run for run in running + resume if run.status == "preempted"]
-        write_results(sweep_dir / "results.csv", ended, param_names)
+            if run.status == "preempted":
+                save_row(config, sweep_dir, run)
+            else:  # cut off in start-up: no row, so the engine proposes its point again
+                with locked(sweep_dir):
+                    unclaim(sweep_dir, run)
+    return read_results(sweep_dir / RESULTS, config["parameters"])
 
 
 def print_table(config, ended):
@@ -343,6 +764,9 @@ def parse_args(argv=None):
     p.add_argument("--dry_run", action="store_true", help="print the command lines, run nothing, write nothing")
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one run per GPU at a time")
     p.add_argument("--sweep_dir", default="", help="default runs/sweeps/<sweep file stem>")
+    p.add_argument("--cold_start", action="store_true",
+                   help="start each run as a new `python train.py` process, as wandb agent does, instead of a fork "
+                        "of a process that has already imported train.py's modules (slower: for comparisons)")
     return p.parse_args(argv)
 
 
@@ -350,32 +774,44 @@ def main(argv=None):
     args = parse_args(argv)
     name = Path(args.sweep_file).stem
     sweep_dir = Path(args.sweep_dir or Path("runs") / "sweeps" / name)
+    starter = None
     try:
         config = load_sweep(args.sweep_file)
-        param_names = list(config["parameters"])
-        ended = read_results(sweep_dir / "results.csv", param_names)
+        check_same_sweep(config, args.sweep_file, sweep_dir)
+        program = None if args.cold_start or args.dry_run else warm_program(config)
+        starter = WarmStarter(program) if program else None  # it imports while the engine proposes
+        seen = every_run(read_results(sweep_dir / RESULTS, config["parameters"]),
+                         claimed_runs(sweep_dir, tidy=False))
         grid = config["method"] == "grid"
-        plan = propose(config, [run.sweep_run(sweep_dir) for run in ended],
+        plan = propose(config, [run.sweep_run(sweep_dir) for run in seen],
                        math.inf if grid and args.count is None else args.count or 1)
-        check_program_accepts(config, plan)
+        check_program_accepts(config, plan, starter)
     except (SweepError, ValueError) as e:  # ValueError: the engine refuses the config (e.g. bayes without metric)
         print(f"sweep.py: error: {args.sweep_file}: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2)  # the warm-start process, if any, dies with this one (PR_SET_PDEATHSIG)
     if args.dry_run:
         if not plan:
-            print(f"nothing left to run: every grid point has a row in {sweep_dir / 'results.csv'}", file=sys.stderr)
+            print(f"nothing left to run: every grid point has a row or a claim in {sweep_dir}", file=sys.stderr)
         for params in plan:
             print(shlex.join(command_line(config, params, sweep_dir / generate_id())))
         return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if starter:
+        print(f"warm starts: each run is a fork of a process that imports {config['program']}'s modules once",
+              flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so `finally` ends our runs
     try:
-        run_sweep(config, name, sweep_dir, ended, args.count if args.count is not None else math.inf,
-                  [g for g in args.gpus.split(",") if g])
+        start_sweep_folder(config, args.sweep_file, sweep_dir)
+        rows = run_sweep(config, name, sweep_dir, args.count if args.count is not None else math.inf,
+                         [g for g in args.gpus.split(",") if g], starter)
+    except SweepError as e:  # another agent started this folder from another version of the file
+        print(f"sweep.py: error: {args.sweep_file}: {e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         sys.exit(130)
-    print_table(config, ended)
+    if starter:
+        starter.close()
+    print_table(config, rows)
 
 
 if __name__ == "__main__":

@@ -1,81 +1,107 @@
-"""Benchmark: what sweep.py adds to each run, over running the same train.py command directly.
+"""Benchmark: how much of a sweep's wall time is training, each run a new process against warm starts.
 
-    python bench/sweep_overhead.py [--runs 4] [--write]
+    python bench/sweep_overhead.py [--rounds 2] [--write]
 
-A grid of --runs tiny runs (seeds 0..N-1) goes through `python sweep.py` in a temp folder; the same train.py
-commands then run directly, one after the other, W&B offline in both (sweep.py sets WANDB_MODE=offline per run).
-Reported: wall time per run, its training part (time/train_s) and start-up (time/startup_s) from each run's
-summary.json, and the difference per run between the sweep and the direct runs. sweep.py's own start-up (it
-imports train.py to check every grid point's flags) is shown apart, from `sweep.py --dry_run`.
+Two sweeps, each run both ways in one sitting, alternating which goes first, each in a temp folder with W&B
+offline: sweeps/lab1_batch_size.yaml (9 runs of 3 epochs on digits) and a grid of 8 one-epoch tiny runs.
+`cold` is `sweep.py --cold_start` (each run a new `python train.py` process, as before warm starts and as
+`wandb agent` does); `warm` is sweep.py's default (each run a fork of a process that has imported train.py's
+modules). From each run's summary.json and the sweep's wall time (sweep.py's start to its exit):
+
+- efficiency = sum of time/train_s / wall;
+- overhead per run = (wall - sum of time/train_s) / runs: everything that is not time/train_s (imports, W&B,
+  data, model, test evaluation, exit, the agent), the agent's own start and end spread over the runs;
+- split into the agent's start and end, once a sweep, and the overhead of each run between one run's end and
+  the next's (the agent prints a line as each run ends): that interval minus the run's time/train_s.
 """
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
-from common import ROOT, TRAIN, add_write_flag, clean_env, report, run, train_run
+from common import ROOT, TRAIN, add_write_flag, clean_env, report
 
+LAB1 = ROOT / "sweeps" / "lab1_batch_size.yaml"
 TINY = {"train_samples": 128, "epochs": 1, "batch_size": 32, "img_size": 16}  # about 1 s of training on 2 cores
+RUN_LINE = re.compile(r"^(\w+)\s+\w+\s+exit=\S+ .*\(\d+ s\)")  # sweep.py's line as a run ends
 
 
-def write_sweep(path, runs):
-    """A grid over seed with the tiny settings; program is this checkout's train.py (sweep.py runs from a temp cwd)."""
+def write_tiny_grid(path, runs=8):
     config = {"program": str(TRAIN), "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"seed": {"values": list(range(runs))}, **{k: {"value": v} for k, v in TINY.items()}}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
-def via_sweep(runs, tmp):
-    """-> (wall of `sweep.py --dry_run`, wall of the whole sweep, each run's summary)."""
-    sweep_file, sweep_dir = Path(tmp) / "bench.yaml", Path(tmp) / "sweep"
-    write_sweep(sweep_file, runs)
-    argv = [sys.executable, str(ROOT / "sweep.py"), str(sweep_file), f"--sweep_dir={sweep_dir}"]
-    dry, _ = run([*argv, "--dry_run"], cwd=tmp, env=clean_env(tmp))
-    wall, _ = run(argv, cwd=tmp, env=clean_env(tmp))
-    summaries = [json.loads(f.read_text()) for f in sweep_dir.glob("*/summary.json")]
-    if len(summaries) != runs:
-        raise RuntimeError(f"the sweep wrote {len(summaries)} summary.json files, expected {runs}")
-    return dry, wall, summaries
+def sweep_once(sweep_file, cold):
+    """One whole sweep in a fresh temp folder -> dict: wall, train (sum of time/train_s), runs, per_run (seconds
+    of each run's interval, end to end, that is not its time/train_s; from the second run on)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_dir = Path(tmp) / "sweep"
+        argv = [sys.executable, str(ROOT / "sweep.py"), str(sweep_file), f"--sweep_dir={sweep_dir}"]
+        start = time.perf_counter()
+        # cwd: the repository, as a user runs it (lab1 files say program: train.py); W&B's files go to tmp
+        agent = subprocess.Popen(argv + ["--cold_start"] * cold, cwd=ROOT, env=clean_env(tmp, WANDB_DIR=tmp),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ends = [(time.perf_counter(), m[1]) for line in agent.stdout if (m := RUN_LINE.match(line))]
+        if agent.wait() != 0:
+            raise RuntimeError(f"exit {agent.returncode}: {' '.join(argv)}")
+        wall = time.perf_counter() - start
+        summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    train_s = {run_id: summary["time/train_s"] for run_id, summary in summaries.items()}
+    per_run = [b - a - train_s[run_id] for (a, _), (b, run_id) in zip(ends, ends[1:], strict=False)]
+    return {"wall": wall, "train": sum(train_s.values()), "runs": len(train_s), "per_run": statistics.mean(per_run),
+            "eval_apart": all("time/eval_s" in summary for summary in summaries.values())}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=4, help="grid points (seeds)")
+    p.add_argument("--rounds", type=int, default=2, help="each sweep this many times each way, alternating")
     add_write_flag(p)
     args = p.parse_args()
+    results = {}  # (sweep, way) -> [sweep_once's dict] over the rounds
     with tempfile.TemporaryDirectory() as tmp:
-        dry, sweep_wall, swept = via_sweep(args.runs, tmp)
-    print(f"sweep: {sweep_wall:.1f} s for {args.runs} runs (dry run {dry:.1f} s)", flush=True)
-    direct = []
-    for seed in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            direct.append(train_run([f"--{k}={v}" for k, v in TINY.items()] + [f"--seed={seed}"], tmp, "offline"))
-        print(f"direct run {seed + 1}/{args.runs}: {direct[-1]['wall']:.1f} s", flush=True)
+        sweeps = {"lab1_batch_size.yaml": LAB1, "8 one-epoch tiny runs": write_tiny_grid(Path(tmp) / "tiny.yaml")}
+        for i in range(args.rounds):
+            for label, path in sweeps.items():
+                for cold in ((True, False) if i % 2 == 0 else (False, True)):
+                    way = "cold" if cold else "warm"
+                    r = sweep_once(path, cold)
+                    results.setdefault((label, way), []).append(r)
+                    print(f"round {i + 1} {label} {way}: {r['runs']} runs, wall {r['wall']:.1f} s, train "
+                          f"{r['train']:.1f} s, efficiency {r['train'] / r['wall']:.3f}, per run {r['per_run']:.2f} s",
+                          flush=True)
+    report(args, "Sweep efficiency: a new process per run against warm starts", table(results))
 
-    def row(label, wall_per_run, summaries):
-        train_s = statistics.mean(s["time/train_s"] for s in summaries)
-        startup_s = statistics.mean(s["time/startup_s"] for s in summaries)
-        return f"| {label} | {len(summaries)} | {wall_per_run:.2f} | {train_s:.2f} | {startup_s:.2f} " \
-               f"| {wall_per_run - train_s:.2f} |"
 
-    direct_wall = statistics.mean(d["wall"] for d in direct)
-    body = "\n".join([
-        f"{args.runs} runs of `train.py {' '.join(f'--{k}={v}' for k, v in TINY.items())} --seed=S`, W&B offline. "
-        "Seconds per run, means over the runs; wall is process start to exit (for the sweep: its whole wall / runs).",
-        "",
-        "| how | runs | wall per run | time/train_s | time/startup_s | wall - train_s |",
-        "|---|---|---|---|---|---|",
-        row("train.py directly", direct_wall, [d["summary"] for d in direct]),
-        row("through sweep.py", sweep_wall / args.runs, swept),
-        f"| **sweep.py adds per run** | | {sweep_wall / args.runs - direct_wall:.2f} | | | |",
-        f"| of which its own start-up, once a sweep (`sweep.py --dry_run`), per run | | {dry / args.runs:.2f} "
-        "| | | |",
-    ])
-    report(args, "Sweep overhead: sweep.py against direct train.py runs", body)
+def table(results):
+    meaning = ("training steps only" if all(r["eval_apart"] for rounds in results.values() for r in rounds)
+               else "the training loop with its per-epoch validation, without start-up and test evaluation")
+    lines = ["efficiency = sum of the runs' time/train_s / the sweep's wall time (sweep.py's start to its exit). "
+             f"time/train_s is train.py's at the time of the measurement: {meaning}. "
+             "Overhead per run = (wall - sum of time/train_s) / runs, split into the agent's start and end (once "
+             "a sweep) and each run's own (the interval from one run's end to the next's, less that run's "
+             "time/train_s). cold = `sweep.py --cold_start`: a new "
+             "`python train.py` process per run, the path before warm starts and what `wandb agent` does; warm = "
+             "sweep.py's default. Medians over the rounds, run alternately in one sitting; each round's efficiency "
+             "in the last column.", "",
+             "| sweep | path | runs | wall (s) | sum of time/train_s (s) | efficiency | overhead per run (s) "
+             "| of which the agent's start and end, once (s) | each run's own (s) | each round's efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (label, way), rounds in results.items():
+        wall, train = (statistics.median(r[k] for r in rounds) for k in ("wall", "train"))
+        runs, per_run = rounds[0]["runs"], statistics.median(r["per_run"] for r in rounds)
+        each = " / ".join(f"{r['train'] / r['wall']:.3f}" for r in rounds)
+        lines.append(f"| {label} | {way} | {runs} | {wall:.1f} | {train:.1f} | **{train / wall:.3f}** "
+                     f"| {(wall - train) / runs:.2f} | {wall - train - runs * per_run:.1f} | {per_run:.2f} | {each} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
