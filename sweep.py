@@ -67,6 +67,7 @@ POLL_S = 0.5  # seconds between checks of running runs (history.csv for hyperban
 KILL_GRACE_S = 30  # seconds between SIGTERM and SIGKILL, as wandb agent's kill delay
 FIXED_COLUMNS = ["run_id", "status", "exit_code"]
 RESULTS, SWEEP_COPY, CLAIMS, LOCK = "results.csv", "sweep.yaml", "claims", ".lock"
+CONFIG_COPY = "config_files.json"  # the text of each --config file the sweep names: it changes runs as the sweep does
 FLAG_MACROS = ("args", "args_no_equals", "args_no_boolean_flags")  # ${...} that expand to flags train.py takes
 
 
@@ -190,6 +191,14 @@ def identity(config):
                                  sort_keys=True, default=str))
 
 
+def config_files(config):
+    """{path: text} of every file the sweep passes as train.py's --config (paths relative to the cwd, as train.py
+    reads them); a missing file is left to train.py's own error."""
+    spec = config["parameters"].get("config", {})
+    paths = spec["values"] if "values" in spec else [spec["value"]] if "value" in spec else []
+    return {str(p): Path(p).read_text() for p in paths if p and Path(p).is_file()}
+
+
 def check_same_sweep(config, sweep_file, sweep_dir):
     """A sweep folder holds the results of one version of one file: results made otherwise are never reused."""
     saved = sweep_dir / SWEEP_COPY
@@ -203,6 +212,9 @@ def check_same_sweep(config, sweep_file, sweep_dir):
     parameters = old.get("parameters", {}), new.get("parameters", {})
     changed += [f"parameters.{k}" for k in sorted(parameters[0].keys() | parameters[1].keys())
                 if parameters[0].get(k) != parameters[1].get(k)]
+    copies = sweep_dir / CONFIG_COPY
+    old_files = json.loads(copies.read_text()) if copies.exists() else {}
+    changed += [f"config file {p}" for p, text in config_files(config).items() if old_files.get(p, text) != text]
     if changed:
         raise SweepError(f"{sweep_dir} holds the results of another version of this file (changed: "
                          f"{', '.join(changed)}); start fresh with --sweep_dir NEW_DIR, or delete {sweep_dir}")
@@ -410,6 +422,7 @@ def start_sweep_folder(config, sweep_file, sweep_dir):
         if not (sweep_dir / SWEEP_COPY).exists():
             tmp = sweep_dir / (SWEEP_COPY + ".tmp")
             shutil.copyfile(sweep_file, tmp)
+            runfiles.write_json(sweep_dir / CONFIG_COPY, config_files(config))
             os.replace(tmp, sweep_dir / SWEEP_COPY)
 
 

@@ -306,7 +306,7 @@ def test_wandb_import_takes_params_from_the_config_and_metrics_from_the_summary(
     rows = read(online["tmp"] / "online" / "results" / "lab1_lr.csv")  # named by the sweep's name in W&B
     by_id = {r.id: r for r in online["runs"]}
     assert sorted(float(r["lr"]) for r in rows) == [0.01, 1e6]
-    assert any(float(r["lr"]) != by_id[r["run_id"]].summary_metrics["lr"] for r in rows)  # the last scheduled one
+    assert any(float(r["lr"]) != by_id[r["run_id"]].summary_metrics["train/lr"] for r in rows)  # the last scheduled one
     for r in rows:
         best = by_id[r["run_id"]].summary_metrics["val/acc"]
         assert best == {"max": float(r["val/acc"])}  # define_metric's summary, unwrapped

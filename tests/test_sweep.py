@@ -70,12 +70,17 @@ def test_sweep_file_is_a_valid_wandb_sweep_that_says_what_it_asks(path):
     assert config["program"] == "train.py" and config["metric"]["name"]
 
 
-def test_lab1_grids_run_each_point_three_times():
-    for name in ("lab1_batch_size", "lab1_epochs", "lab1_lr", "lab1_lr_batch"):
-        config = yaml.safe_load((ROOT / "sweeps" / f"{name}.yaml").read_text())
-        assert config["method"] == "grid" and len(config["parameters"]["seed"]["values"]) == 3, name
-    lr_batch = yaml.safe_load((ROOT / "sweeps/lab1_lr_batch.yaml").read_text())["parameters"]
-    assert len(lr_batch["lr"]["values"]) >= 3 and len(lr_batch["batch_size"]["values"]) >= 3
+def test_lab1_grids_share_one_config_and_have_the_seeds_their_comparisons_need():
+    lab1 = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "sweeps").glob("lab1_*.yaml")}
+    for name, config in lab1.items():  # the data and model are set once, in the shared file
+        assert config["method"] == "grid" and config["parameters"]["config"] == {"value": "lab1/train_defaults.yaml"}
+        assert not {"dataset", "model", "img_size"} & config["parameters"].keys(), name
+        assert len(config["parameters"]["seed"]["values"]) >= 3, name
+    for name in ("lab1_batch_size", "lab1_groupnorm", "lab1_equal_updates", "lab1_one_epoch"):  # paired headlines
+        assert len(lab1[name]["parameters"]["seed"]["values"]) >= 5, name
+    grid = lab1["lab1_steps"]["parameters"]["lr_base"]["values"]  # sqrt(2) apart, for a fit in log lr
+    assert len(grid) >= 5 and all(abs(b / a - 2 ** 0.5) < 0.02 for a, b in zip(grid, grid[1:], strict=False))
+    assert yaml.safe_load((ROOT / "lab1/train_defaults.yaml").read_text())["dataset"] == "digits"
     multi = yaml.safe_load((ROOT / "sweeps/multi_gpu.yaml").read_text())
     assert multi["command"] == ["${env}", "accelerate", "launch", "--multi_gpu", "--num_processes=2",
                                 "${program}", "${args}"]
@@ -90,7 +95,8 @@ def test_train_accepts_the_command_line_wandb_agent_builds(path):
         argv = agent_command(config, point.config)
         args = train.parse_args(argv[argv.index("train.py") + 1:])
         for name, spec in point.config.items():
-            assert getattr(args, name) == spec["value"], (name, argv)
+            expected = train.model_kwargs(spec["value"]) if name == "model_kwargs" else spec["value"]  # a dict
+            assert getattr(args, name) == expected, (name, argv)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
@@ -171,6 +177,18 @@ def test_an_edited_sweep_file_is_refused_and_a_reformatted_one_is_the_same_sweep
         assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == listing  # nothing written
     sweep.main(["tiny.yaml", "--dry_run", "--sweep_dir=runs/sweeps/tiny_seed1"])  # the edited file, elsewhere
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+    # The same sweep file naming a --config file: editing that file changes every run, so it is refused too
+    (workdir / "defaults.yaml").write_text("img_size: 16\n")
+    path.write_text(yaml.safe_dump({**config, "parameters": {**config["parameters"],
+                                                             "config": {"value": "defaults.yaml"}}}))
+    sweep.start_sweep_folder(sweep.load_sweep(path), path, workdir / "runs/sweeps/defaults")
+    sweep.main(["tiny.yaml", "--dry_run", "--sweep_dir=runs/sweeps/defaults"])
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    (workdir / "defaults.yaml").write_text("img_size: 32\n")
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["tiny.yaml", "--dry_run", "--sweep_dir=runs/sweeps/defaults"])
+    assert stop.value.code == 2 and "config file defaults.yaml" in capsys.readouterr().err
 
     (sweep_dir / "sweep.yaml").unlink()  # a folder of an older sweep.py, which kept no copy of its file
     (sweep_dir / "results.csv").write_text("run_id,status,exit_code,lr\nabc,finished,0,0.1\n")
