@@ -1,6 +1,6 @@
 """Benchmark: how much of a sweep's wall time is training, each run a new process against warm starts.
 
-    python bench/sweep_overhead.py [--rounds 2] [--write]
+    python bench/sweep_overhead.py [--rounds 2] [--sweep sweeps/lab1_batch_size.yaml] [--write]
 
 Two sweeps, each run both ways in one sitting, alternating which goes first, each in a temp folder with W&B
 offline: sweeps/lab1_batch_size.yaml (9 runs of 3 epochs on digits) and a grid of 8 one-epoch tiny runs.
@@ -64,11 +64,13 @@ def sweep_once(sweep_file, cold):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2, help="each sweep this many times each way, alternating")
+    p.add_argument("--sweep", type=Path, default=LAB1, help="the real sweep to measure (default lab1_batch_size)")
     add_write_flag(p)
     args = p.parse_args()
     results = {}  # (sweep, way) -> [sweep_once's dict] over the rounds
     with tempfile.TemporaryDirectory() as tmp:
-        sweeps = {"lab1_batch_size.yaml": LAB1, "8 one-epoch tiny runs": write_tiny_grid(Path(tmp) / "tiny.yaml")}
+        tiny = write_tiny_grid(Path(tmp) / "tiny.yaml")
+        sweeps = {args.sweep.name: args.sweep.resolve(), "8 one-epoch tiny runs": tiny}
         for i in range(args.rounds):
             for label, path in sweeps.items():
                 for cold in ((True, False) if i % 2 == 0 else (False, True)):
