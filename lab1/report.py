@@ -150,10 +150,15 @@ def fmt_key(value):
 
 
 def percentile_interval(samples):
+    """95% percentile interval over the resamples where the estimate exists (see share_defined)."""
     finite = [s for s in samples if s is not None and math.isfinite(s)]
-    if len(finite) < 0.9 * len(samples):  # the estimate often does not exist: no interval
+    if len(finite) < 0.5 * len(samples):  # the estimate mostly does not exist: no interval
         return math.nan, math.nan
     return float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))
+
+
+def share_defined(samples):
+    return f"{100 * sum(s is not None and math.isfinite(s) for s in samples) / len(samples):.0f}%"
 
 
 # ---------------------------------------------------------------- tables and README blocks
@@ -550,10 +555,12 @@ def fit_critical_batch(batches, steps):
 
 
 def lr_slope(batches, lr_bases):
-    """Least-squares slope of log lr* against log B (lr* = lr_base* B / 256: the lr itself)."""
-    points = [(math.log(b), math.log(lb * b / 256)) for b, lb in zip(batches, lr_bases, strict=True)
-              if math.isfinite(lb)]
-    return stats.linregress(*zip(*points, strict=True)).slope if len(points) >= 2 else math.nan
+    """Least-squares slope of log lr* against log B (lr* = lr_base* B / 256: the lr itself); NaN unless every
+    batch size has an optimum, so that every estimate is over the same batch sizes."""
+    if len(batches) < 2 or not all(map(math.isfinite, lr_bases)):
+        return math.nan
+    lrs = [lb * b / 256 for b, lb in zip(batches, lr_bases, strict=True)]
+    return stats.linregress(np.log(batches), np.log(lrs)).slope
 
 
 def analyse_steps(cells):
@@ -577,9 +584,15 @@ def bootstrap_steps(cells, reps=BOOTSTRAP):
     return out
 
 
+STEPS = ("lab1_steps", "lab1_steps_up", "lab1_steps_down")  # one grid: the second two extend the first's edges
+
+
+def steps_rows(loaded):
+    return [r for sweep in STEPS for r in loaded.get(sweep, ([], []))[0]]
+
+
 def report_steps(loaded, out_dir):
-    rows = loaded.get("lab1_steps", ([], []))[0]
-    cells = steps_cells(rows)
+    cells = steps_cells(steps_rows(loaded))
     if not cells:
         return {}, None
     per_batch, (s_min, b_crit), slope = analyse_steps(cells)
@@ -598,15 +611,15 @@ def report_steps(loaded, out_dir):
         table.append(row)
     blocks = {"steps": write_table(out_dir, "steps", head, table)}
 
-    head = ["batch_size", "best lr_base (fit in log lr)", "best lr = lr_base × B/256", "updates to 0.97 (grid best)",
-            "examples to 0.97"]
+    head = ["batch_size", "best lr_base (fit in log lr)", "resamples with an optimum in the grid",
+            "best lr = lr_base × B/256", "updates to 0.97 (grid best)", "examples to 0.97"]
     table = []
     for b in batches:
         lr_b, s = per_batch[b]
-        lr_ci = percentile_interval([p[b][0] for p, _, _ in boot])
+        lr_boot = [p[b][0] for p, _, _ in boot]
         s_ci = percentile_interval([p[b][1] for p, _, _ in boot])
-        table.append([fmt_key(b), fmt_interval(lr_b, *lr_ci, 3), fmt(lr_b * b / 256, 4), fmt_interval(s, *s_ci, 1),
-                      fmt(s * b, 0)])
+        table.append([fmt_key(b), fmt_interval(lr_b, *percentile_interval(lr_boot), 3), share_defined(lr_boot),
+                      fmt(lr_b * b / 256, 4), fmt_interval(s, *s_ci, 1), fmt(s * b, 0)])
     blocks["steps_best"] = write_table(out_dir, "steps_best", head, table)
 
     smin_ci = percentile_interval([f[0] for _, f, _ in boot])
@@ -617,7 +630,8 @@ def report_steps(loaded, out_dir):
     table = [["S_min (updates)", fmt_interval(s_min, *smin_ci, 1)],
              ["B_crit (images)", fmt_interval(b_crit, *bcrit_ci, 0)],
              ["E_min = S_min × B_crit (images)", fmt(s_min * b_crit, 0)],
-             ["slope of log lr* on log B", fmt_interval(slope, *slope_ci, 2)]]
+             ["slope of log lr* on log B", fmt_interval(slope, *slope_ci, 2)
+              + f" (defined in {share_defined([sl for _, _, sl in boot])} of resamples)"]]
     blocks["critical_batch"] = write_table(out_dir, "critical_batch", head, table)
 
     # Which scaling rule fits the optima: each rule's shape with its constant fitted, residual in decades
@@ -707,7 +721,7 @@ def figure_steps(cells, per_batch, boot, fit, slope, lrs, out_dir):
 
 
 def report_warmup(loaded, out_dir):
-    steps = steps_cells(loaded.get("lab1_steps", ([], []))[0])
+    steps = steps_cells(steps_rows(loaded))
     warm = steps_cells(loaded.get("lab1_warmup", ([], []))[0])
     if not warm:
         return {}
