@@ -783,32 +783,34 @@ def report_noise_scale(loaded, b_crit, out_dir):
 
     # Over whole runs, and over each epoch: each run's sums, pooled as a ratio of means; runs resampled
     runs = sorted({h["run_id"] for h in points})
+    epochs = range(1, math.ceil(max_epoch(points)) + 1)
+    pooled = {label: pooled_b_simple(points, runs, keep) for label, keep in [("whole runs", lambda h: True)] + [
+        (f"epoch {e}", lambda h, e=e: e - 1 < h["epoch"] <= e) for e in epochs]}
     head = ["estimate", "value"]
-    table = []
-    for label, keep in [("whole runs", lambda h: True)] + [
-            (f"epoch {e}", lambda h, e=e: e - 1 < h["epoch"] <= e) for e in range(1, math.ceil(max_epoch(points)) + 1)]:
-        pooled, interval = pooled_b_simple(points, runs, keep)
-        table.append([f"B_simple over {label}, ratio of means (n={len(runs)} runs, 95% bootstrap)",
-                      fmt_interval(pooled, *interval, 0)])
+    table = [[f"B_simple over {label}, ratio of means (n={len(runs)} runs, 95% bootstrap)",
+              fmt_interval(value, *interval, 0)] for label, (value, interval) in pooled.items()]
     sums = run_sums(points, runs, lambda h: True)
-    table += [["per run, whole run", ", ".join(fmt(s[0] / s[1] if s[1] > 0 else math.nan, 0) for s in sums)],
-             ["B_crit from steps to 0.97 (lab1_steps)", fmt(b_crit, 0) if b_crit is not None else "n/a"],
-             ["test/acc of these runs", fmt_ci(mean_ci(values(rows, "test/acc")))]]
+    table += [["per run, whole run", ", ".join(fmt(s[0] / s[1] if s[1] > 0 else math.inf, 0) for s in sums)],
+              ["B_crit from steps to 0.97 (lab1_steps)", fmt(b_crit, 0) if b_crit is not None else "n/a"],
+              ["test/acc of these runs", fmt_ci(mean_ci(values(rows, "test/acc")))]]
     blocks["noise_scale_run"] = write_table(out_dir, "noise_scale_run", head, table)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        mine = [h for h in points if h["run_id"] == r]
-        ax.plot([h["epoch"] for h in mine], [h["noise/trace_sigma"] / h["noise/grad_sq"] if h["noise/grad_sq"] > 0
-                                             else np.nan for h in mine], color="gray", alpha=0.4, lw=0.8)
-    ax.plot([p[0] for p in curve_points], [p[1] for p in curve_points], "ko-",
-            label=f"ratio of means over the runs (n={len(runs)})")
+    top = 1e4  # where an unbounded estimate or interval is drawn
+    finite = [(e, v) for e, v, _ in curve_points if math.isfinite(v)]
+    ax.plot(*zip(*finite, strict=True), "ko-", ms=4, label=f"per evaluation point, ratio of means (n={len(runs)} runs)")
+    ax.plot([e for e, v, _ in curve_points if not math.isfinite(v)], [top] * (len(curve_points) - len(finite)),
+            "k^", label="per point: no signal resolved (‖G‖² ≤ 0)")
+    for e in epochs:
+        value, (low, high) = pooled[f"epoch {e}"]
+        ax.errorbar([e - 0.5], [min(value, top)], yerr=[[min(value, top) - low], [min(high, top) - min(value, top)]],
+                    fmt="s", color="tab:blue", capsize=4, label="per epoch, pooled (95% bootstrap)" if e == 1 else None)
     if b_crit is not None and math.isfinite(b_crit):
         ax.axhline(b_crit, color="tab:red", ls="--", label=f"B_crit from steps to target ({b_crit:.0f})")
-    ax.set_yscale("symlog", linthresh=10)
-    ax.set(xlabel="epoch", ylabel="B_simple (images)",
-           title="gradient noise scale; gray: per run, per point (a negative\nestimate is a noisy point)")
-    ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(10, top * 1.5)
+    ax.set(xlabel="epoch", ylabel="B_simple (images)", title="gradient noise scale, batch 64, SGD lr 0.025")
+    ax.legend(fontsize=7, loc="lower right")
     save(fig, out_dir / "figures" / "noise_scale.png")
     return blocks
 

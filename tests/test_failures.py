@@ -38,6 +38,7 @@ def wandb_records(run_dir):
 # ----------------------------------------------------------------------------------------------
 # Divergence and out-of-memory: recorded results, exit 0
 
+@pytest.mark.slow
 def test_divergence_stops_at_the_step_and_is_recorded(workdir):
     res = run([str(ROOT / "train.py"), *TINY, "--batch_size=16", "--epochs=3", "--optimizer=sgd", "--lr=1e6",
                "--output_dir=out"], cwd=workdir, env=clean_env(HOME=str(workdir)))
@@ -50,6 +51,7 @@ def test_divergence_stops_at_the_step_and_is_recorded(workdir):
     assert (recorded["status"], recorded["stop/epoch"], recorded["stop/step"]) == ("diverged", 1, s["stop/step"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", ["torch.OutOfMemoryError", "MemoryError"])
 def test_out_of_memory_is_recorded_with_the_batch_size_and_memory(workdir, error):
     env = clean_env(HOME=str(workdir), OOM_STEP="3", OOM_ERROR=error)
@@ -63,6 +65,7 @@ def test_out_of_memory_is_recorded_with_the_batch_size_and_memory(workdir, error
     assert recorded["status"] == "oom" and recorded["oom/batch_size"] == 32
 
 
+@pytest.mark.slow
 def test_out_of_memory_on_one_rank_stops_both_ranks(workdir):
     env = clean_env(HOME=str(workdir), OOM_STEP="2", OOM_RANK="1")  # rank 0 is fine; it must not hang
     res = run([*ACCELERATE_2, str(ROOT / "tests/failing_model.py"), *TINY, "--model=oom_resnet", "--batch_size=16",
@@ -75,6 +78,7 @@ def test_out_of_memory_on_one_rank_stops_both_ranks(workdir):
 # ----------------------------------------------------------------------------------------------
 # Preemption and resume
 
+@pytest.mark.slow
 def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
     fake_key = "feedface" * 5  # 40 characters, like a W&B API key: it must never be written anywhere
     env = clean_env(HOME=str(workdir), WANDB_MODE="offline", WANDB_API_KEY=fake_key)
@@ -123,6 +127,7 @@ def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
 # ----------------------------------------------------------------------------------------------
 # Early stopping and the best model
 
+@pytest.mark.slow
 def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
     res = run([str(ROOT / "train.py"), *TINY, "--epochs=40", "--lr=0.01", "--early_stopping_patience=2",
                "--log_model", "--output_dir=out"], cwd=workdir, env=clean_env(HOME=str(workdir)))

@@ -95,6 +95,7 @@ def test_every_image_mode_reads_as_its_grey_level(tmp_path):
         assert np.abs(x.astype(int) - expected).max() <= 1, (mode, x.min(), x.max())
 
 
+@pytest.mark.slow
 def test_unusual_sizes_train_to_the_end_with_the_images_counted(workdir, folders):
     # a last batch of one image (it broke batch norm), tiny splits, and real layouts, one epoch each
     cases = {f"bs{bs}": [f"--batch_size={bs}", f"--train_samples={n}"] for bs, n in
@@ -126,6 +127,7 @@ def test_help_shows_every_default(capsys):
         assert "(default: " in " ".join(block.split()), block
 
 
+@pytest.mark.slow
 def test_a_terminal_user_sees_each_point_and_folders_match_wandbs(workdir):
     # stderr on a terminal (the progress bar's), stdout read here: each evaluation point is still printed
     leader, follower = os.openpty()

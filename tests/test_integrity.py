@@ -36,6 +36,7 @@ def files(out):
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_stopped_in_setup_resumes_exactly_and_refuses_other_flags_and_reruns(workdir):
     env = clean_env(HOME=str(workdir))
     whole = run([str(ROOT / "train.py"), *FLAGS, "--output_dir=whole"], cwd=workdir, env=env)
@@ -75,6 +76,7 @@ def test_stopped_in_setup_resumes_exactly_and_refuses_other_flags_and_reruns(wor
     assert files(workdir / "cut") == finished
 
 
+@pytest.mark.slow
 def test_a_checkpoint_swap_cut_short_is_finished_and_a_half_deleted_one_ignored(workdir):
     env = clean_env(HOME=str(workdir))
     for name in ("swap", "deleted"):
@@ -120,6 +122,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_wri
     assert summary_of(small_disk / "out")["checkpoint_error"]
 
 
+@pytest.mark.slow
 def test_out_of_memory_under_a_real_limit_is_recorded(workdir):
     # 256 px images: training at batch 8 and validating 90 images fit in the limit; testing 809 at once does not
     limit = 6 * 2**30  # bytes of address space; a torch process maps about 3 GiB before it computes anything
@@ -140,6 +143,7 @@ def test_out_of_memory_under_a_real_limit_is_recorded(workdir):
     assert (s["status"], s["stop/epoch"], s["oom/batch_size"]) == ("oom", 1, 512)
 
 
+@pytest.mark.slow
 def test_an_unreachable_wandb_falls_back_to_offline(workdir):
     env = clean_env(HOME=str(workdir), WANDB_API_KEY="feedface" * 5, WANDB_BASE_URL="http://127.0.0.1:9",
                     WANDB_INIT_TIMEOUT="5")

@@ -56,6 +56,7 @@ def test_precise_bn_statistics_are_the_same_on_both_ranks(workdir):
             assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_evaluation_points_and_steps_to_a_target(workdir):
     # 256 images in batches of 32: 8 updates an epoch, evaluated at updates 2, 4, 6, 8 of each epoch.
     flags = [*TINY, "--train_samples=256", "--epochs=3", "--evals_per_epoch=4", "--precise_bn", "--lr=0.01",
@@ -99,6 +100,7 @@ def test_evaluation_points_and_steps_to_a_target(workdir):
     assert history(workdir / "stop")[-1]["update"] == stopped["target/updates"] == stopped["update"]
 
 
+@pytest.mark.slow
 def test_activation_memory_doubles_with_the_batch(workdir):
     argvs = [[*TINY, "--epochs=1", "--train_samples=64", f"--batch_size={bs}", "--wandb_mode=disabled",
               f"--output_dir=b{bs}"] for bs in (16, 32)]
@@ -122,6 +124,7 @@ def test_label_noise_changes_only_training_labels_fixed_by_seed():
     assert not np.array_equal(other["train"][1], splits(0, seed=1)["train"][1])
 
 
+@pytest.mark.slow
 def test_groupnorm_model_and_its_run_recorded_in_config_yaml_rerun(workdir):
     flags = [*TINY, "--epochs=1", "--model_kwargs=norm_layer=groupnorm1", "--label_noise=0.25"]
     res = run([str(ROOT / "train.py"), *flags, "--output_dir=gn"], cwd=workdir, env=clean_env(HOME=str(workdir)))
@@ -142,6 +145,7 @@ def test_groupnorm_model_and_its_run_recorded_in_config_yaml_rerun(workdir):
             assert value == config[key], key
 
 
+@pytest.mark.slow
 def test_accelerate_launch_settings_apply_unless_a_flag_is_given(workdir):
     # bf16 is slow on this CPU: one update, and small validation and test splits
     few = ["--img_size=8", "--train_samples=32", "--batch_size=32", "--epochs=1", "--val_fraction=0.02",

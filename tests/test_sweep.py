@@ -316,6 +316,7 @@ def test_hyperband_stops_a_run_that_falls_behind(workdir):
     assert not (stopped / "checkpoint").exists()  # it ended for good: nothing to resume, 57 MB less
 
 
+@pytest.mark.slow
 def test_a_crash_or_os_exit_in_a_warm_run_leaves_the_next_run_and_the_agent_unaffected(workdir):
     write_sweep(workdir / "crash.yaml", {"model": {"values": ["raises", "exits", "resnet10t"]}},
                 program=str(ROOT / "tests/warm/train.py"))
@@ -377,6 +378,7 @@ def test_a_resume_that_crashes_is_failed_not_resumed_for_ever(workdir):
     assert log.count("RuntimeError: a bug in the model (test)") == 1
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_remaining_command_lines_and_writes_nothing(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     write_sweep(workdir / "tiny.yaml", {"lr": {"values": [0.1, 0.01, 0.001]}})
@@ -400,8 +402,10 @@ def command(*last):
 @pytest.mark.parametrize("text, words", [
     ("method: grid\nparameters: [lr", "expected"),  # not YAML
     ("program: PROGRAM\nmethod: grdi\nparameters: {lr: {values: [0.1]}}", "not a valid W&B sweep"),
-    ("program: PROGRAM\nmethod: grid\nparameters: {learning_rate: {values: [0.1]}}", "unrecognized arguments"),
-    ("program: PROGRAM\nmethod: grid\nparameters: {lr: {values: [0.1, fast]}}", "expected a number > 0"),
+    pytest.param("program: PROGRAM\nmethod: grid\nparameters: {learning_rate: {values: [0.1]}}",
+                 "unrecognized arguments", marks=pytest.mark.slow),  # these two start train.py's imports: 20 s
+    pytest.param("program: PROGRAM\nmethod: grid\nparameters: {lr: {values: [0.1, fast]}}", "expected a number > 0",
+                 marks=pytest.mark.slow),
     ("program: no_such.py\nmethod: grid\nparameters: {lr: {values: [0.1]}}", "not found"),
     ("program: PROGRAM\nmethod: grid\nparameters: [lr, batch_size]", "parameters: must map"),
     (GRID + "early_terminate: {type: hyperband, min_iter: 1, eta: 3}", 'requires "metric"'),

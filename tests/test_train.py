@@ -88,6 +88,7 @@ def test_bad_input_from_the_command_line_has_no_traceback(workdir):
     assert not (workdir / "runs").exists() and not (workdir / "wandb").exists()
 
 
+@pytest.mark.slow
 def test_pretrained_without_local_weights_says_how_to_supply_them(workdir):
     res = run([str(ROOT / "train.py"), "--pretrained", "--model=resnet10t"], cwd=workdir,
               env=clean_env(HOME=str(workdir), HF_HOME=str(workdir / "hf")))
@@ -95,6 +96,7 @@ def test_pretrained_without_local_weights_says_how_to_supply_them(workdir):
     assert not (workdir / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["pretrained_path", "hf_cache"])
 def test_pretrained_weights_load_from_a_file_or_the_hf_cache(workdir, source):
     import timm
@@ -116,6 +118,7 @@ def test_pretrained_weights_load_from_a_file_or_the_hf_cache(workdir, source):
     assert json.loads((workdir / "out/summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_constant_schedule_keeps_the_lr(workdir):
     res = run([str(ROOT / "train.py"), *TINY, "--scheduler=constant", "--lr=0.01", "--wandb_mode=disabled",
                "--output_dir=out"], cwd=workdir)
@@ -123,6 +126,7 @@ def test_constant_schedule_keeps_the_lr(workdir):
     assert [float(r["train/lr"]) for r in read_history(workdir / "out")] == [0.01, 0.01]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_test_metrics(workdir):
     results = []
     for name in ("a", "a2", "b"):
@@ -136,6 +140,7 @@ def test_same_seed_gives_identical_test_metrics(workdir):
     assert results[0] != results[2]  # the seed does change something
 
 
+@pytest.mark.slow
 def test_noise_scale_is_logged_per_epoch(workdir):
     res = run([str(ROOT / "train.py"), *TINY, "--batch_size=16", "--grad_accum_steps=2", "--noise_scale",
                "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir)
@@ -162,6 +167,7 @@ def test_two_processes_train_one_model_in_one_wandb_run(workdir):
     assert 0 <= recorded["summary"]["test/acc"] <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["flat", "split"])
 def test_imagefolder_reads_class_subfolders(workdir, layout):
     from PIL import Image

@@ -26,6 +26,7 @@ RESUMING = any((Path(arg.split("=", 1)[1]) / "checkpoint").exists() for arg in s
                if arg.startswith("--output_dir="))
 
 if "project_train" not in sys.modules:  # the real train.py, under a name of its own (this file is a train.py)
+    sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # its own modules: data.py, runfiles.py
     spec = importlib.util.spec_from_file_location("project_train", Path(__file__).resolve().parents[2] / "train.py")
     sys.modules["project_train"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules["project_train"])
