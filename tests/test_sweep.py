@@ -269,17 +269,23 @@ def test_grid_sweep_records_every_point_once_across_a_sigkill(workdir):
             assert config["metric"]["name"] in read_csv(done / "history.csv")[0], path.name
 
 
-@pytest.mark.slow
-def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(workdir):
-    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, fixed={"epochs": {"value": 20}})
+def sigterm_once_training(workdir):
+    """Start sweep.py on one.yaml, SIGTERM it once its run has logged a point; -> (sweep folder, env)."""
     sweep_dir = workdir / "runs/sweeps/one"
     env = clean_env(HOME=str(workdir))
     agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: sweep_dir.exists() and run_dirs(sweep_dir) and (run_dirs(sweep_dir)[0] / "history.csv").exists(),
              agent)
-    agent.send_signal(signal.SIGTERM)  # as a cluster ends a job: the agent passes it on and records the run
+    agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=60) == 128 + signal.SIGTERM
+    return sweep_dir, env
+
+
+@pytest.mark.slow
+def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(workdir):
+    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, fixed={"epochs": {"value": 20}})
+    sweep_dir, env = sigterm_once_training(workdir)  # as a cluster ends a job: the agent passes it on
     [row] = read_csv(sweep_dir / "results.csv")
     assert (row["status"], row["exit_code"]) == ("preempted", str(128 + signal.SIGTERM))
     assert (sweep_dir / row["run_id"] / "checkpoint/progress.json").exists()
@@ -358,14 +364,7 @@ def test_two_agents_on_one_grid_run_each_point_once(workdir):
 def test_a_resume_that_crashes_is_failed_not_resumed_for_ever(workdir):
     write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, program=str(ROOT / "tests/warm/train.py"),
                 fixed={"model": {"value": "resnet_fails_on_resume"}, "epochs": {"value": 20}})
-    sweep_dir = workdir / "runs/sweeps/one"
-    env = clean_env(HOME=str(workdir))
-    agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: sweep_dir.exists() and run_dirs(sweep_dir) and (run_dirs(sweep_dir)[0] / "history.csv").exists(),
-             agent)
-    agent.send_signal(signal.SIGTERM)
-    assert agent.wait(timeout=60) == 128 + signal.SIGTERM
+    sweep_dir, env = sigterm_once_training(workdir)
     [row] = read_csv(sweep_dir / "results.csv")
     assert row["status"] == "preempted"  # and its summary.json says so, until a resume ends another way
 
