@@ -627,6 +627,8 @@ class Training:
             runfiles.write_json(self.out / runfiles.CONFIG, self.config)
             if self.progress:
                 runfiles.write_history(self.out / runfiles.HISTORY, self.history)  # drops rows past the checkpoint
+                # the preempted part's summary: once this part trains past it, it describes nothing in the folder
+                (self.out / runfiles.SUMMARY).unlink(missing_ok=True)
                 print(f"resuming {self.out} at epoch {self.progress['epoch'] + 1}, batch {self.progress['step']}",
                       flush=True)
 

@@ -15,6 +15,7 @@ checkpoint) equals history.csv. Any other outcome is counted as a failure and de
 import argparse
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,17 +52,27 @@ def check_files(out):
     return ""
 
 
-def wandb_history(tmp, run_id):
+def wandb_history(tmp, run_id, tally):
     """update -> row over the offline segments of run_id, oldest first, later ones replacing earlier rows."""
     rows = {}
     for segment in sorted(Path(tmp, "wandb").glob(f"offline-run-*-{run_id}")):
+        if not any(segment.glob("*.wandb")):  # killed inside wandb.init, before W&B wrote anything: nothing to read
+            tally["empty segments"] += 1
+            continue
         out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(segment)],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            fail(tally, "wandb", f"{segment.name} unreadable: {out.stderr.strip()[:300]}")
         for record in map(json.loads, filter(str.strip, out.stdout.splitlines())):
             row = record["history"]["item"] if record.get("type") == "history" else {}
             if "update" in row:
                 rows[row["update"]] = row
     return rows
+
+
+def fail(tally, kind, text):
+    tally["failures"].append((kind, text))
+    print(f"FAILURE {kind}: {text}", flush=True)
 
 
 def cycle(tmp, out, duration, rng, tally):
@@ -82,10 +93,10 @@ def cycle(tmp, out, duration, rng, tally):
             tally[how] += 1
         err = proc.stderr.read()
         if "Traceback" in err:
-            tally["failures"].append(("traceback", err.strip().splitlines()[-1]))
+            fail(tally, "traceback", out.name + ": " + err.strip().splitlines()[-1])
         problem = check_files(out)
         if problem:
-            tally["failures"].append(("files", problem))
+            fail(tally, "files", f"{out.name}: {problem}")
         if proc.returncode == 0 and (runfiles.read_json(out / runfiles.SUMMARY) or {}).get("status") == "finished":
             return runfiles.read_json(out / runfiles.SUMMARY)
 
@@ -97,28 +108,34 @@ def main():
     add_write_flag(p)
     args = p.parse_args()
     rng = random.Random(args.seed)
-    tally = {"interruptions": 0, "SIGKILL": 0, "SIGTERM": 0, "SIGTERM+SIGKILL": 0, "failures": [], "runs": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        proc = launch(tmp, Path(tmp) / "reference")
-        assert proc.wait() == 0, proc.stderr.read()
-        duration = time.perf_counter() - start
-        reference = runfiles.read_json(Path(tmp) / "reference" / runfiles.SUMMARY)
-        while tally["interruptions"] < args.interruptions:
-            out = Path(tmp) / f"soak{tally['runs']}"
-            summary = cycle(tmp, out, duration, rng, tally)
-            tally["runs"] += 1
-            differ = [k for k in METRICS if summary[k] != reference[k]]
-            if differ:
-                tally["failures"].append(("metrics", f"{out.name}: {', '.join(differ)} differ from the reference"))
-            logged = wandb_history(tmp, Path(summary["wandb_run_dir"]).name.rsplit("-", 1)[1])
-            history = {h["update"]: h for h in runfiles.read_history(out / runfiles.HISTORY)}
-            same = all(logged.get(u, {}).get("val/loss") == h["val/loss"] for u, h in history.items())
-            if sorted(logged) != sorted(history) or not same:
-                tally["failures"].append(("wandb", f"{out.name}: W&B history has points {sorted(logged)}, "
-                                                   f"history.csv {sorted(history)}"))
-            print(f"run {tally['runs']}: {tally['interruptions']} interruptions so far, "
-                  f"{len(tally['failures'])} failures", flush=True)
+    tally = {"interruptions": 0, "SIGKILL": 0, "SIGTERM": 0, "SIGTERM+SIGKILL": 0, "failures": [], "runs": 0,
+             "empty segments": 0}
+    tmp = tempfile.mkdtemp(prefix="soak-")  # kept when something failed, to look at
+    start = time.perf_counter()
+    proc = launch(tmp, Path(tmp) / "reference")
+    assert proc.wait() == 0, proc.stderr.read()
+    duration = time.perf_counter() - start
+    reference = runfiles.read_json(Path(tmp) / "reference" / runfiles.SUMMARY)
+    while tally["interruptions"] < args.interruptions:
+        out = Path(tmp) / f"soak{tally['runs']}"
+        summary = cycle(tmp, out, duration, rng, tally)
+        tally["runs"] += 1
+        differ = [k for k in METRICS if summary[k] != reference[k]]
+        if differ:
+            fail(tally, "metrics", f"{out.name}: {', '.join(differ)} differ from the reference")
+        logged = wandb_history(tmp, Path(summary["wandb_run_dir"]).name.rsplit("-", 1)[1], tally)
+        history = {h["update"]: h for h in runfiles.read_history(out / runfiles.HISTORY)}
+        same = all(logged.get(u, {}).get("val/loss") == h["val/loss"] for u, h in history.items())
+        if sorted(logged) != sorted(history) or not same:
+            fail(tally, "wandb", f"{out.name}: W&B history has points {sorted(logged)}, "
+                                f"history.csv {sorted(history)}")
+        print(f"run {tally['runs']}: {tally['interruptions']} interruptions so far, "
+              f"{len(tally['failures'])} failures", flush=True)
+    if tally["failures"]:
+        print(f"the runs are kept in {tmp}", flush=True)
+    else:
+        shutil.rmtree(tmp)
+
     def count(kind):
         return sum(k == kind for k, _ in tally["failures"])
 
@@ -126,6 +143,8 @@ def main():
 {tally['runs']} runs of the same command were interrupted {tally['interruptions']} times at uniformly random
 moments ({tally['SIGKILL']} SIGKILL, {tally['SIGTERM']} SIGTERM, {tally['SIGTERM+SIGKILL']} SIGTERM then SIGKILL
 within 1.5 s, which lands in the checkpoint write), each followed by the same command again.
+{tally['empty segments']} W&B segments had no .wandb file (the attempt was killed inside `wandb.init`, before
+anything was logged); they are counted as empty.
 
 | check | failures |
 |---|---|

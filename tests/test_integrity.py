@@ -59,6 +59,14 @@ def test_stopped_in_setup_resumes_exactly_and_refuses_other_flags_and_reruns(wor
     assert "lr=0.002" in other.stderr and "seed=0" in other.stderr
     assert files(workdir / "cut") == before
 
+    # a resume killed hard after its first point: the preempted part's summary (update <= 1) is gone, not left
+    # beside a history that goes further (found by bench/soak.py)
+    killed = start([*FLAGS, "--output_dir=cut"], workdir, env)
+    wait_for(lambda: runfiles.read_history(workdir / "cut/history.csv"), killed)
+    killed.kill()
+    killed.wait()
+    assert not (workdir / "cut/summary.json").exists()
+
     # the same flags resume it (tags may differ: they do not change what is trained)
     resumed = run([str(ROOT / "train.py"), *FLAGS, "--wandb_tags=resumed", "--output_dir=cut"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
