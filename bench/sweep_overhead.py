@@ -57,7 +57,12 @@ def sweep_once(sweep_file, cold):
         summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
     train_s = {run_id: summary["time/train_s"] for run_id, summary in summaries.items()}
     per_run = [b - a - train_s[run_id] for (a, _), (b, run_id) in zip(ends, ends[1:], strict=False)]
+    # the runs' own evaluation (validation, test, precise BN) and start-up: inside each run's overhead, as train.py
+    # times them
+    evaluation = [s.get("time/eval_s", 0.0) + s.get("time/precise_bn_s", 0.0) for s in summaries.values()]
     return {"wall": wall, "train": sum(train_s.values()), "runs": len(train_s), "per_run": statistics.mean(per_run),
+            "eval": statistics.mean(evaluation),
+            "startup": statistics.mean(s["time/startup_s"] for s in summaries.values()),
             "eval_apart": all("time/eval_s" in summary for summary in summaries.values())}
 
 
@@ -90,19 +95,25 @@ def table(results):
              f"time/train_s is train.py's at the time of the measurement: {meaning}. "
              "Overhead per run = (wall - sum of time/train_s) / runs, split into the agent's start and end (once "
              "a sweep) and each run's own (the interval from one run's end to the next's, less that run's "
-             "time/train_s). cold = `sweep.py --cold_start`: a new "
-             "`python train.py` process per run, the path before warm starts and what `wandb agent` does; warm = "
+             "time/train_s), and what train.py times inside it: its evaluation (time/eval_s + time/precise_bn_s: "
+             "validation, test and precise BN, part of what the run measures) and its time/startup_s (process "
+             "start, or fork, to the first training step; imports, data, model, W&B). cold = "
+             "`sweep.py --cold_start`: a new `python train.py` process per run, the path before warm starts and "
+             "what `wandb agent` does; warm = "
              "sweep.py's default. Medians over the rounds, run alternately in one sitting; each round's efficiency "
              "in the last column.", "",
              "| sweep | path | runs | wall (s) | sum of time/train_s (s) | efficiency | overhead per run (s) "
-             "| of which the agent's start and end, once (s) | each run's own (s) | each round's efficiency |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| of which the agent's start and end, once (s) | each run's own (s) | of which its evaluation (s) "
+             "| of which its start-up (s) | each round's efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (label, way), rounds in results.items():
         wall, train = (statistics.median(r[k] for r in rounds) for k in ("wall", "train"))
         runs, per_run = rounds[0]["runs"], statistics.median(r["per_run"] for r in rounds)
+        evaluation, startup = (statistics.median(r[k] for r in rounds) for k in ("eval", "startup"))
         each = " / ".join(f"{r['train'] / r['wall']:.3f}" for r in rounds)
         lines.append(f"| {label} | {way} | {runs} | {wall:.1f} | {train:.1f} | **{train / wall:.3f}** "
-                     f"| {(wall - train) / runs:.2f} | {wall - train - runs * per_run:.1f} | {per_run:.2f} | {each} |")
+                     f"| {(wall - train) / runs:.2f} | {wall - train - runs * per_run:.1f} | {per_run:.2f} "
+                     f"| {evaluation:.2f} | {startup:.2f} | {each} |")
     return "\n".join(lines)
 
 
