@@ -3,7 +3,8 @@
     python bench/sweep_overhead.py [--rounds 2] [--sweep sweeps/lab1_batch_size.yaml] [--write]
 
 Two sweeps, each run both ways in one sitting, alternating which goes first, each in a temp folder with W&B
-offline: sweeps/lab1_batch_size.yaml (9 runs of 3 epochs on digits) and a grid of 8 one-epoch tiny runs.
+offline: sweeps/lab1_batch_size.yaml (30 runs of 3 epochs on digits) and a grid of 8 one-epoch tiny runs; then
+the tiny grid warm with W&B disabled, which bounds what keeping one W&B service alive across runs could save.
 `cold` is `sweep.py --cold_start` (each run a new `python train.py` process, as before warm starts and as
 `wandb agent` does); `warm` is sweep.py's default (each run a fork of a process that has imported train.py's
 modules). From each run's summary.json and the sweep's wall time (sweep.py's start to its exit):
@@ -33,9 +34,10 @@ TINY = {"train_samples": 128, "epochs": 1, "batch_size": 32, "img_size": 16}  # 
 RUN_LINE = re.compile(r"^(\w+)\s+\w+\s+exit=\S+ .*\(\d+ s\)")  # sweep.py's line as a run ends
 
 
-def write_tiny_grid(path, runs=8):
+def write_tiny_grid(path, runs=8, **extra):
+    fixed = {**TINY, **extra}
     config = {"program": str(TRAIN), "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"seed": {"values": list(range(runs))}, **{k: {"value": v} for k, v in TINY.items()}}}
+              "parameters": {"seed": {"values": list(range(runs))}, **{k: {"value": v} for k, v in fixed.items()}}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -74,11 +76,13 @@ def main():
     args = p.parse_args()
     results = {}  # (sweep, way) -> [sweep_once's dict] over the rounds
     with tempfile.TemporaryDirectory() as tmp:
-        tiny = write_tiny_grid(Path(tmp) / "tiny.yaml")
-        sweeps = {args.sweep.name: args.sweep.resolve(), "8 one-epoch tiny runs": tiny}
+        sweeps = {args.sweep.name: args.sweep.resolve(), "8 one-epoch tiny runs": write_tiny_grid(Path(tmp) / "t.yaml"),
+                  # what W&B costs a warm run: the most a W&B service kept alive across runs could save
+                  "the same, W&B disabled": write_tiny_grid(Path(tmp) / "d.yaml", wandb_mode="disabled")}
         for i in range(args.rounds):
             for label, path in sweeps.items():
-                for cold in ((True, False) if i % 2 == 0 else (False, True)):
+                ways = (True, False) if i % 2 == 0 else (False, True)
+                for cold in ways if "disabled" not in label else (False,):
                     way = "cold" if cold else "warm"
                     r = sweep_once(path, cold)
                     results.setdefault((label, way), []).append(r)
