@@ -219,7 +219,8 @@ def test_grid_sweep_records_every_point_once_across_a_sigkill(workdir):
     # Point 1 fails (no MNIST in the folder: exit 2); point 2 is training when the agent is SIGKILLed, then is redone.
     (workdir / "data").mkdir()
     write_sweep(workdir / "tiny.yaml", {"dataset": {"values": ["mnist", "digits"]}},
-                fixed={"lr": {"value": 0.003}, "epochs": {"value": 20}})
+                fixed={"lr": {"value": 0.003}, "epochs": {"value": 20},
+                       "target_val_acc": {"value": 0.5}})  # so target/* is logged, lab1_steps's metric
     sweep_dir = workdir / "runs/sweeps/tiny"
     env = clean_env(HOME=str(workdir), WANDB_MODE="online")  # the agent must force offline itself
     agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "tiny.yaml"], cwd=workdir, env=env,
@@ -244,7 +245,7 @@ def test_grid_sweep_records_every_point_once_across_a_sigkill(workdir):
     rows = read_csv(sweep_dir / "results.csv")
     assert [(r["dataset"], r["status"]) for r in rows] == [("mnist", "failed"), ("digits", "finished")]
     header = list(rows[0])
-    params = ["dataset", *TINY, "lr"]  # YAML order
+    params = ["dataset", *TINY, "lr", "target_val_acc"]  # YAML order
     assert header[:3 + len(params)] == ["run_id", "status", "exit_code", *params]
     assert header[3 + len(params):] == sorted(header[3 + len(params):]) and "test/acc" in header
     table = res.stdout.split("sorted by val/acc (maximize):\n")[1].splitlines()
