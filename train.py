@@ -24,6 +24,7 @@ START = time.perf_counter()  # seconds; time/startup_s counts imports too
 import argparse
 import ast
 import contextlib
+import ctypes
 import difflib
 import gc
 import math
@@ -59,6 +60,8 @@ RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
              "wandb_tags", "log_model", "num_workers")
 BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
+BEST = {"val/acc": "max", "val/loss": "min"}  # W&B's summary of these is the best point's (define_metric)
+PARENT = os.getppid()  # the process that started this one; a launcher that dies before Preemption is noticed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,8 +262,6 @@ def check_args(a):
         (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
         (a.dataset in ("digits", "synthetic") or a.download or Path(a.data_dir).exists(),
          f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
-        (not (a.output_dir and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir()),
-         f"--output_dir {a.output_dir} is a file; give a folder"),
         (all(len(t) <= 64 for t in tags), "W&B tags are at most 64 characters; shorten --wandb_tags"),
         ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
@@ -278,6 +279,7 @@ def check_args(a):
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    check_output_dir(a.output_dir or Path("runs") / a.run_name)
     a.wandb_tags = ",".join(tags)
     if a.momentum is not None and a.optimizer.lower() in timm.optim.list_optimizers():
         if not timm.optim.get_optimizer_info(a.optimizer.lower()).has_momentum:
@@ -287,6 +289,25 @@ def check_args(a):
         close = difflib.get_close_matches(a.model, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise ConfigError(f"unknown timm model {a.model!r}; {hint}")
+
+
+def check_output_dir(path):
+    """The run's folder must be one it can make and write, and a name W&B and JSON can record: checked before
+    W&B starts a run, so that a path that cannot work costs nothing. Raises ConfigError."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"--output_dir {shown} is not valid UTF-8, which W&B and the run's JSON files need; "
+                          "give a folder with a UTF-8 name") from None
+    folder = Path(path).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"is under a file, {existing}"
+        raise ConfigError(f"--output_dir {path} {where}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output_dir {path} cannot be written ({existing} is read-only to this user); "
+                          "give a folder you can write")
 
 
 def launcher_setting(flag, name, default):
@@ -406,15 +427,31 @@ class Preemption:
         self.signal = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request)
+        if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform == "linux":
+            # A rank of `accelerate launch`: the launcher forwards a SIGTERM it gets, but when it dies without
+            # doing so (SIGKILL after a grace period, the OOM killer), the kernel sends this rank SIGTERM, so it
+            # saves its part of the checkpoint instead of training on, orphaned.
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != PARENT:  # the launcher died before that
+                self.request(signal.SIGTERM, None)
 
     def request(self, signum, frame):
         self.signal = self.signal or signum
 
 
+# How backends word out-of-memory in a plain RuntimeError: the CPU allocator ("can't allocate memory"), oneDNN
+# (creating a primitive allocates its memory), CUDA kernels, MPS and XPU ("out of memory"), cuBLAS and cuDNN
+# handles (..._ALLOC_FAILED), and C++'s std::bad_alloc.
+OOM_WORDS = ("can't allocate memory", "could not create a primitive", "out of memory", "_ALLOC_FAILED",
+             "std::bad_alloc")
+
+
 def is_oom(error):
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    """CUDA's OutOfMemoryError, Python's MemoryError, or a RuntimeError in any backend's words for it."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).replace("could not create a primitive descriptor", "")  # oneDNN: unsupported, not memory
+    return isinstance(error, RuntimeError) and any(words in text for words in OOM_WORDS)
 
 
 def grad_sq_norm(model):
@@ -936,6 +973,45 @@ def wandb_mode(args):
     return ("online", False) if wandb.login(prompt=False, verify=False) else ("offline", True)
 
 
+class WandbRun:
+    """The W&B run of the main process, each call guarded. When W&B fails (wandb-core gone: a job's SIGTERM or
+    kill reaches it too; or W&B cannot write its files: a full disk), the run goes on and its own files stay
+    whole: one line says so, W&B's run ends as failed, and the same command completes W&B's record."""
+
+    def __init__(self, run):
+        self.run, self.id, self.settings = run, run.id, run.settings
+        self.error = ""  # the first failure
+
+    def call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (OSError, EOFError, wandb.Error) as e:  # ConnectionResetError when wandb-core is gone
+            if not self.error:
+                self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+                print(f"wandb: W&B failed ({self.error}); the run goes on and its files stay whole", flush=True)
+            return None
+
+    def log(self, row):
+        self.call(self.run.log, row)
+
+    def update_summary(self, values):
+        self.call(self.run.summary.update, values)
+
+    def log_artifact(self, artifact, aliases):
+        self.call(self.run.log_artifact, artifact, aliases=aliases)
+
+    def mark_preempting(self):
+        self.call(self.run.mark_preempting)
+
+    def finish(self, exit_code):
+        self.call(self.run.finish, exit_code=1 if self.error and not exit_code else exit_code)
+        if self.error:
+            with contextlib.suppress(Exception):  # else its exit hook prints a traceback of the same failure
+                wandb.teardown()
+            print(f"wandb: W&B's record of this run is incomplete ({self.error}); run the same command to "
+                  "complete it", flush=True)
+
+
 def start_wandb(args, config, resume_id=None):
     mode, defaulted = wandb_mode(args)
     if mode == "disabled":
@@ -956,12 +1032,12 @@ def start_wandb(args, config, resume_id=None):
     run.define_metric("epoch")
     for key in ("train/*", "val/*", "time/train_s", "throughput/*", "noise/*", "update", "examples"):
         run.define_metric(key, step_metric="epoch")
-    run.define_metric("val/acc", summary="max")
-    run.define_metric("val/loss", summary="min")
+    for key, best in BEST.items():
+        run.define_metric(key, summary=best)
     if defaulted:
         print(f"wandb: offline: run saved in {run.settings.sync_dir}; "
               f"upload it with `wandb sync {run.settings.sync_dir}`", flush=True)
-    return run
+    return WandbRun(run)
 
 
 def run_folder(run):
@@ -1017,11 +1093,17 @@ def device_name(accelerator):
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def wandb_summary(summary):
+    """summary.json as W&B's run summary, every key set from the whole run: a resumed run's W&B run saw only its
+    own points. val/acc and val/loss in the form define_metric gives them, {"max": ...} and {"min": ...}."""
+    return {k: {BEST[k]: v} if k in BEST else v for k, v in summary.items() if k != "wandb_run_dir"}
+
+
 def finish_run(args, run, out, summary, signum):
-    # val/acc and val/loss keep the max and min that define_metric gives them in W&B
-    run.summary.update({k: v for k, v in summary.items() if k not in ("val/acc", "val/loss")})
+    """summary.json first, so that a W&B that fails or is killed never costs the run's record; then W&B's."""
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
     runfiles.write_json(out / runfiles.SUMMARY, summary)
+    run.update_summary(wandb_summary(summary))
     if args.log_model and summary["status"] != "preempted" and (out / "model.safetensors").exists():  # once, at the end
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
@@ -1032,7 +1114,7 @@ def finish_run(args, run, out, summary, signum):
         print(f"preempted: checkpoint in {out / 'checkpoint'}; run the same command to resume", flush=True)
         run.finish(exit_code=128 + signum)
         return
-    run.finish()
+    run.finish(exit_code=0)
     print(f"{summary['status']}: test/acc={summary['test/acc']:.4f} test/loss={summary['test/loss']:.4f} "
           f"time/train_s={summary['time/train_s']:.1f} memory/peak_mb={summary['memory/peak_mb']:.0f} -> {out}",
           flush=True)
