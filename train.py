@@ -27,6 +27,8 @@ import contextlib
 import ctypes
 import difflib
 import gc
+import json
+import logging
 import math
 import os
 import resource
@@ -1004,12 +1006,11 @@ class WandbRun:
         self.call(self.run.mark_preempting)
 
     def finish(self, exit_code):
+        """End W&B's run; a run whose W&B record is incomplete ends as failed (exit code 1) there."""
         self.call(self.run.finish, exit_code=1 if self.error and not exit_code else exit_code)
         if self.error:
             with contextlib.suppress(Exception):  # else its exit hook prints a traceback of the same failure
                 wandb.teardown()
-            print(f"wandb: W&B's record of this run is incomplete ({self.error}); run the same command to "
-                  "complete it", flush=True)
 
 
 def start_wandb(args, config, resume_id=None):
@@ -1038,6 +1039,96 @@ def start_wandb(args, config, resume_id=None):
         print(f"wandb: offline: run saved in {run.settings.sync_dir}; "
               f"upload it with `wandb sync {run.settings.sync_dir}`", flush=True)
     return WandbRun(run)
+
+
+# ----------------------------------------------------------------------------------------------
+# W&B's record against the run's files: what W&B lost (a job killed before wandb-core wrote its log, wandb-core
+# gone, a full disk under W&B) is logged again by the next start of the same W&B run
+
+def wandb_folders(run_dir):
+    """The local W&B folders of the run whose folder is run_dir (one per start of it: resumed, completed), oldest
+    first; those W&B left without a log (killed inside wandb.init) hold nothing and are left out."""
+    run_dir = Path(run_dir)
+    run_id = run_dir.name.rsplit("-", 1)[-1]
+    return sorted((p for p in run_dir.parent.glob(f"*run-*-{run_id}") if any(p.glob("*.wandb"))),
+                  key=lambda p: p.name.split("run-", 1)[1])  # by start time, offline and online alike
+
+
+def wandb_held(folders):
+    """What W&B holds in these folders, read with W&B's own reader (`wandb leet inspect`, one process a folder):
+    -> {"history": {update: row} over all of them, "summary" and "exit_code" of the last (None: it never
+    ended)}. A log cut short reads up to its cut."""
+    readers = [subprocess.Popen([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for folder in folders]
+    held = {"history": {}, "summary": {}, "exit_code": None}
+    for reader in readers:
+        held["summary"], held["exit_code"] = {}, None
+        for line in reader.communicate()[0].splitlines():
+            record = json.loads(line)
+            if record["type"] == "history" and "update" in record["history"]["item"]:
+                held["history"][record["history"]["item"]["update"]] = record["history"]["item"]
+            elif record["type"] == "summary":
+                held["summary"].update(record["summary"].get("update", {}))
+            elif record["type"] == "exit":
+                held["exit_code"] = record["exit"].get("exit_code", 0)
+    return held
+
+
+def same_value(recorded, value):
+    """W&B keeps NaN as null."""
+    return recorded == value or (recorded is None and isinstance(value, float) and math.isnan(value))
+
+
+def relog_lost_points(run, history):
+    """Log again the points of history that the earlier starts of this W&B run lack. -> how many."""
+    if run.settings.mode == "disabled":
+        return 0
+    earlier = [f for f in wandb_folders(run.settings.sync_dir) if f != Path(run.settings.sync_dir)]
+    if not earlier:  # W&B's record is not here to compare (another machine, or synced and cleaned)
+        return 0
+    held = wandb_held(earlier)["history"]
+    lost = [row for row in history if row["update"] not in held]
+    for row in lost:
+        run.log(row)
+    return len(lost)
+
+
+def wandb_lacks(out, summary):
+    """What W&B's record of a run that ended lacks of its files: -> (its folders, the history rows it lacks,
+    whether its summary or end differ), or None when it holds them all or its record is not here to compare."""
+    folders = wandb_folders(summary["wandb_run_dir"]) if summary.get("wandb_run_dir") else []
+    if not folders:
+        return None
+    held = wandb_held(folders)
+    lost = [row for row in runfiles.read_history(out / runfiles.HISTORY) if row["update"] not in held["history"]]
+    ended = held["exit_code"] == exit_code(summary["status"]) and all(
+        same_value(held["summary"].get(k), v) for k, v in wandb_summary(summary).items())
+    return None if not lost and ended else (folders, lost)
+
+
+def complete_wandb(args, out, summary):
+    """Make W&B's record of a run that ended equal its files (killed in its last seconds, W&B's service gone, a
+    full disk under W&B): a new start of the same W&B run logs the points W&B lacks, sets the summary, and ends
+    the run as train.py did. -> what was done, or "" when W&B already held it all or its record is not here."""
+    lacking = wandb_lacks(out, summary)
+    if lacking is None:
+        return ""
+    folders, lost = lacking
+    run = start_wandb(args, runfiles.read_json(out / runfiles.CONFIG), resume_id=folders[-1].name.rsplit("-", 1)[1])
+    for row in lost:
+        run.log(row)
+    summary["wandb_run_dir"] = run.settings.sync_dir
+    runfiles.write_json(out / runfiles.SUMMARY, summary)  # names the W&B folder that holds the run's end
+    run.update_summary(wandb_summary(summary))
+    run.finish(exit_code(summary["status"]))
+    if run.error or wandb_lacks(out, summary):  # W&B could not write it: a full disk under W&B
+        return f"W&B could not write its record of {out} yet; run the same command to complete it"
+    return f"completed W&B's record of {out}: {len(lost)} points logged again, its summary and its end"
+
+
+def exit_code(status):
+    """train.py's exit code for a run that ended with this status (not preempted)."""
+    return 1 if status == "disk_full" else 0
 
 
 def run_folder(run):
@@ -1103,24 +1194,38 @@ def finish_run(args, run, out, summary, signum):
     """summary.json first, so that a W&B that fails or is killed never costs the run's record; then W&B's."""
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
     runfiles.write_json(out / runfiles.SUMMARY, summary)
+    preempted = summary["status"] == "preempted"
     run.update_summary(wandb_summary(summary))
-    if args.log_model and summary["status"] != "preempted" and (out / "model.safetensors").exists():  # once, at the end
+    if args.log_model and not preempted and (out / "model.safetensors").exists():  # once, at the end
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
         artifact.add_file(str(out / "model.safetensors"))
         run.log_artifact(artifact, aliases=["best"])
-    if summary["status"] == "preempted":
+    if preempted:
         run.mark_preempting()  # W&B's agent requeues the run; the same command resumes it from out/checkpoint
         print(f"preempted: checkpoint in {out / 'checkpoint'}; run the same command to resume", flush=True)
-        run.finish(exit_code=128 + signum)
-        return
-    run.finish(exit_code=0)
-    print(f"{summary['status']}: test/acc={summary['test/acc']:.4f} test/loss={summary['test/loss']:.4f} "
-          f"time/train_s={summary['time/train_s']:.1f} memory/peak_mb={summary['memory/peak_mb']:.0f} -> {out}",
-          flush=True)
+    run.finish(128 + signum if preempted else exit_code(summary["status"]))
+    if run.error:
+        print(f"wandb: {after_wandb_failed(args, out, summary, run.error)}", flush=True)
+    if not preempted:
+        print(f"{summary['status']}: test/acc={summary['test/acc']:.4f} test/loss={summary['test/loss']:.4f} "
+              f"time/train_s={summary['time/train_s']:.1f} memory/peak_mb={summary['memory/peak_mb']:.0f} -> {out}",
+              flush=True)
+
+
+def after_wandb_failed(args, out, summary, error):
+    """W&B failed during the run: -> what now completes its record, a new start of the W&B run of a run that
+    ended (if W&B works again), or the resume of a preempted one."""
+    if summary["status"] != "preempted":
+        try:
+            return complete_wandb(args, out, summary) or "W&B's record of this run is whole"
+        except (OSError, wandb.Error) as e:
+            error = f"{error}; then {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    return f"W&B's record of this run is incomplete ({error}); run the same command to complete it"
 
 
 def main(argv=None):
+    logging.raiseExceptions = False  # W&B's debug log on a full disk: not a traceback for every line it drops
     try:
         args = parse_args(argv)
         preemption = Preemption()  # from here a signal stops training cleanly, even one sent during setup
@@ -1132,6 +1237,9 @@ def main(argv=None):
         print(f"train.py: {e}", file=sys.stderr)
         return None
     summary = training.finish(training.train(preemption))
+    # The run's records are final. A SIGTERM from here on, say in the interpreter's teardown after Python has
+    # put back the default handlers, would only turn a finished run's exit code into -15.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if summary["status"] == "preempted":  # non-zero, as W&B's agent expects of a run it should requeue
         sys.exit(128 + training.preemption.signal)
     return summary

@@ -226,7 +226,7 @@ def test_sigterm_to_the_whole_job_then_wandb_core_gone_loses_nothing(workdir):
     wandb_core(proc).kill()
     printed = finish(proc)
     assert proc.returncode == 0, printed[-3000:]
-    assert "resuming" in printed and "run the same command" in printed
+    assert "resuming" in printed and "completed W&B's record" in printed  # by a new start of the W&B run
     assert summary_of(workdir / "out")["status"] == "finished" and points(workdir / "out") == [2, 4, 6, 8]
 
     # and the same command completes W&B's record
@@ -394,3 +394,80 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_wandb_starts(
     assert exit.value.code == 2 and err.startswith("train.py: error: ") and err.count("\n") == 1, err
     assert words in err
     assert sorted(p.name for p in workdir.iterdir()) == before  # no wandb/: refused before W&B started
+
+
+@pytest.fixture
+def tmpfs(workdir):
+    """mount(name, size) -> a folder on a file system of that size (tmpfs; needs root)."""
+    mounted = []
+
+    def mount(name, size):
+        folder = workdir / name
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode:
+            pytest.skip("mounting a tmpfs needs root")
+        mounted.append(folder)
+        return folder
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder):
+    """Take every free byte of the file system folder is on."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(2**20))
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_run_is_a_status_and_leaves_nothing_half_written(workdir, tmpfs):
+    env = clean_env(HOME=str(workdir), WANDB_MODE="offline")
+    # room for config.json and history.csv, not for the best model (19 MB): safetensors' write fails
+    small = tmpfs("small", "8m")
+    res = run([str(ROOT / "train.py"), *FLAGS, f"--output_dir={small}/out"], cwd=workdir, env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr, res.stderr[-3000:]
+    s = summary_of(small / "out")
+    assert s["status"] == "disk_full" and "model.safetensors" in s["disk_error"]
+    assert "No space left on device" in s["disk_error"] and "No space left on device" in res.stdout + res.stderr
+    assert sorted(p.name for p in (small / "out").iterdir()) == ["config.json", "history.csv", "summary.json"]
+    recorded = json.loads(subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--summary", "--json",
+                                          s["wandb_run_dir"]], capture_output=True, text=True).stdout)
+    assert recorded["summary"]["status"] == "disk_full" and recorded["exit_code"] == 1
+
+    # the disk fills while the run is under way: the next file it writes fails, even summary.json
+    disk = tmpfs("disk", "64m")
+    proc = launch([*FLAGS, f"--output_dir={disk}/out"], workdir, env)
+    wait_for(lambda: points(disk / "out"), proc)
+    fill(disk)
+    printed = finish(proc)
+    assert proc.returncode == 1 and "No space left on device" in printed, printed[-3000:]
+    assert points(disk / "out") in ([2], [2, 4])  # history.csv whole, as last written
+    assert not list((disk / "out").glob("*.tmp")) and not (disk / "out/checkpoint.tmp").exists()
+    (disk / "filler").unlink()
+    again = run([str(ROOT / "train.py"), *FLAGS, f"--output_dir={disk}/out"], cwd=workdir, env=env)
+    assert again.returncode == 0 and summary_of(disk / "out")["status"] == "finished", again.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_wandb_keeps_the_run_and_the_same_command_completes_wandb(workdir, tmpfs):
+    # W&B's folder fills after the first point: wandb-core cannot write its log, W&B cannot save the test
+    # confusion table at the end. The run is not lost: its files are whole, its status finished.
+    wandb_dir = tmpfs("wandb_disk", "64m")
+    env = clean_env(HOME=str(workdir), WANDB_MODE="offline", WANDB_DIR=str(wandb_dir))
+    argv = [*FLAGS, "--output_dir=out"]
+    proc = launch(argv, workdir, env)
+    wait_for(lambda: points(workdir / "out"), proc)
+    fill(wandb_dir)
+    printed = finish(proc)
+    assert proc.returncode == 0 and "run the same command to complete it" in printed, printed[-3000:]
+    assert summary_of(workdir / "out")["status"] == "finished" and points(workdir / "out") == [2, 4, 6, 8]
+
+    (wandb_dir / "filler").unlink()  # space again: the same command completes W&B's record
+    again = run([str(ROOT / "train.py"), *argv], cwd=workdir, env=env)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert_wandb_is_the_files(workdir / "out")
