@@ -1056,8 +1056,9 @@ def wandb_folders(run_dir):
 
 def wandb_held(folders):
     """What W&B holds in these folders, read with W&B's own reader (`wandb leet inspect`, one process a folder):
-    -> {"history": {update: row} over all of them, "summary" and "exit_code" of the last (None: it never
-    ended)}. A log cut short reads up to its cut."""
+    -> {"history": {update: row}, a later folder's row replacing an earlier one's (a point redone after a
+    resume), "summary" and "exit_code" of the last folder (None: it never ended)}. A log cut short reads up to
+    its cut."""
     readers = [subprocess.Popen([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for folder in folders]
     held = {"history": {}, "summary": {}, "exit_code": None}
@@ -1079,15 +1080,21 @@ def same_value(recorded, value):
     return recorded == value or (recorded is None and isinstance(value, float) and math.isnan(value))
 
 
+def lost_points(held, history):
+    """The rows of history that W&B lacks, or holds with other values (logged by a part whose point was redone)."""
+    return [row for row in history if not all(same_value(held["history"].get(row["update"], {}).get(k), v)
+                                              for k, v in row.items())]
+
+
 def relog_lost_points(run, history):
-    """Log again the points of history that the earlier starts of this W&B run lack. -> how many."""
+    """Log again the points of history that the earlier starts of this W&B run lack (a job killed before
+    wandb-core wrote them) or hold with other values (a point redone after a kill). -> how many."""
     if run.settings.mode == "disabled":
         return 0
     earlier = [f for f in wandb_folders(run.settings.sync_dir) if f != Path(run.settings.sync_dir)]
     if not earlier:  # W&B's record is not here to compare (another machine, or synced and cleaned)
         return 0
-    held = wandb_held(earlier)["history"]
-    lost = [row for row in history if row["update"] not in held]
+    lost = lost_points(wandb_held(earlier), history)
     for row in lost:
         run.log(row)
     return len(lost)
@@ -1100,7 +1107,7 @@ def wandb_lacks(out, summary):
     if not folders:
         return None
     held = wandb_held(folders)
-    lost = [row for row in runfiles.read_history(out / runfiles.HISTORY) if row["update"] not in held["history"]]
+    lost = lost_points(held, runfiles.read_history(out / runfiles.HISTORY))
     ended = held["exit_code"] == exit_code(summary["status"]) and all(
         same_value(held["summary"].get(k), v) for k, v in wandb_summary(summary).items())
     return None if not lost and ended else (folders, lost)
