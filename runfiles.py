@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 CONFIG, HISTORY, SUMMARY, LOG = "config.json", "history.csv", "summary.json", "train.log"
+RESULTS = "results.csv"  # a sweep folder's one row per ended run
+RESULT_COLUMNS = ("run_id", "status", "exit_code")  # results.csv's first columns; parameters and metrics follow
 
 # How a run ended: train.py writes the first six into summary.json; sweep.py adds the last two.
 STATUSES = {
@@ -60,5 +62,26 @@ def read_history(path):
     try:
         with Path(path).open(newline="") as f:
             return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+
+
+def parse_cell(text):
+    """A results.csv cell -> int, float ("nan" included), True/False, or the text itself."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_results(path):
+    """results.csv -> a list of {column: parse_cell(value)}; empty cells left out; [] when there is no file."""
+    try:
+        with Path(path).open(newline="") as f:
+            return [{k: parse_cell(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
     except FileNotFoundError:
         return []
