@@ -353,10 +353,12 @@ class Report:
     """One regeneration: the loaded results, and what the sections write: tables, text blocks, figures, and the
     findings that the summary sorts into resolved and not resolved."""
 
-    def __init__(self, loaded, out_dir):
-        self.loaded, self.out = loaded, Path(out_dir)
+    def __init__(self, results_dir, out_dir):
+        self.results_dir, self.out = Path(results_dir), Path(out_dir)
+        self.loaded = load_results(results_dir)
         self.blocks = {}  # "table:NAME" or "text:NAME" -> the README block
         self.findings = []  # (resolved, sentence, section)
+        self.cache = {}  # what several sections use, computed once (steps_analysis)
 
     def rows(self, *sweeps):
         return [r for s in sweeps for r in self.loaded.get(s, ([], []))[0]]
@@ -732,7 +734,11 @@ def section_batch_time(rep):
         ["activations per image (MB), least squares", fmt(fit.slope, 4)], ["intercept (MB)", fmt(fit.intercept, 3)],
         ["largest relative residual", f"{relative:.1e}"], ["R²", fmt(fit.rvalue ** 2, 6)],
         [f"throughput ratio, batch {fmt_key(big)} / batch {fmt_key(small)}", fmt(ratio, 2)]])
+    figure_batch_time(rep, rows, batches)
+    text_batch_time(rep, rows, batches, fit, relative)
 
+
+def figure_batch_time(rep, rows, batches):
     fig, axes = new_figure(1, 3, (13, 3.8))
     panels = [(per_update, "time per update (s)", "training time per update"),
               (lambda g: by_seed(g, "throughput/train_img_s"), "throughput/train_img_s (img/s)",
@@ -754,6 +760,11 @@ def section_batch_time(rep):
                  f"with its 95% interval (n={len(rows) // len(batches)} each)", fontsize=9)
     rep.save(fig, "batch_time")
 
+
+def text_batch_time(rep, rows, batches, fit, relative):
+    small, big = batches[0], batches[-1]
+    throughput = {b: at(rows, b, "throughput/train_img_s") for b in batches}
+    ratio = np.mean(list(throughput[big].values())) / np.mean(list(throughput[small].values()))
     examples = {b: only(where(rows, **{B: b}), "examples") for b in batches}
     rep.text("batch_time_design", (
         f"`lab1_batch_time`: {design(rows, B, 'epochs', 'optimizer', 'lr')}, {len(distinct(rows, 'seed'))} "
@@ -1326,14 +1337,14 @@ class Steps(NamedTuple):
 
 
 def steps_analysis(rep):
-    if "steps" not in rep.__dict__:
+    if "steps" not in rep.cache:
         rows = rep.rows(*STEPS)
         key = grid_key(rows)
         cells, scale = steps_cells(rows, key), lr_scale(rows, key)
-        rep.steps = Steps(rows, key, cells, scale, *analyse_steps(cells, scale), bootstrap_steps(cells, scale),
+        rep.cache["steps"] = Steps(rows, key, cells, scale, *analyse_steps(cells, scale), bootstrap_steps(cells, scale),
                           one(rows, "target_val_acc"), one(rows, "lr_base_size"), one(rows, "train_size")) \
             if cells else None
-    return rep.steps
+    return rep.cache["steps"]
 
 
 def fastest_cells(st):
@@ -1444,78 +1455,19 @@ def figure_steps(rep, st, fast):
     batches, target = list(st.per_batch), num(st.target)
     colors = dict(zip(batches, plt.cm.viridis(np.linspace(0, 0.9, len(batches))), strict=True))
     fig, axes = new_figure(2, 3, (16, 8))
-    ax = axes[0]
-    for b in batches:
-        grid = sorted(st.cells[b])
-        means = [seeds_ci(ax, lr, list(st.cells[b][lr].values()), colors[b], f"batch {fmt_key(b)}", log=True,
-                          spread=0.04, meaning="never reached the target") for lr in grid]
-        ax.plot(grid, means, color=colors[b], lw=1, label=f"batch {fmt_key(b)}")
-        if math.isfinite(st.per_batch[b][0]):
-            ax.axvline(st.per_batch[b][0], color=colors[b], ls=":", lw=1, label=once(ax, "fitted optimum"))
-            record(ax, f"batch {fmt_key(b)}: fitted optimum", st.per_batch[b][0], None)
-    lr_axis(ax, sorted({lr for lrs in st.cells.values() for lr in lrs}))
-    y_scale(ax, [u for lrs in st.cells.values() for s in lrs.values() for u in s.values()])
-    ax.set(xlabel=f"{st.key}" + (f" (lr at {num(st.size)} images; lr = lr_base × B/{num(st.size)})"
-                                 if st.key == "lr_base" else ""), ylabel=f"updates to val/acc {target}",
-           title="each seed; mean with 95% interval; dotted: fitted optimum")
-
-    def by_batch(ax, get, boot, fit_line, ylabel, title):
-        """Per batch, the grid-best cell's seeds and the estimate with its bootstrap interval; a fitted line."""
-        for b in batches:
-            best = min(st.cells[b], key=lambda lr: cell_mean(list(st.cells[b][lr].values())))
-            seeds_ci(ax, b, [get(b, u) for u in st.cells[b][best].values()], colors[b], f"batch {fmt_key(b)}",
-                     interval=False, meaning="never reached the target")
-            estimate(ax, b, get(b, st.per_batch[b][1]), percentile_interval([get(b, p[b][1]) for p, _, _ in boot]),
-                     "k", f"batch {fmt_key(b)}: grid best, 95% bootstrap",
-                     label=once(ax, "grid best, 95% bootstrap interval"))
-        if math.isfinite(st.fit[1]):
-            span = np.geomspace(min(batches), max(batches), 50)
-            line(ax, span, fit_line(span), "k--", fit_line.__doc__)
-        batch_axis(ax, batches)
-        ax.set(xlabel="batch size (images)", ylabel=ylabel, title=title)
-
-    def steps_fit(span):
-        """S_min(1 + B_crit/B)"""
-        return st.fit[0] * (1 + st.fit[1] / span)
-
-    def examples_fit(span):
-        """E_min(1 + B/B_crit)"""
-        return st.fit[0] * (span + st.fit[1])
-
-    by_batch(axes[1], lambda b, u: u, st.boot, steps_fit, f"updates to val/acc {target}", "updates to the target")
-    by_batch(axes[2], lambda b, u: u * b, st.boot, examples_fit, f"examples to val/acc {target}",
-             "examples to the target")
-    for ax in axes[1:3]:
-        y_scale(ax)
-
-    ax = axes[3]
-    for b in batches:
-        per_seed = {}
-        for lr, s in st.cells[b].items():
-            for seed, u in s.items():
-                per_seed.setdefault(seed, []).append((u, lr))
-        seeds_ci(ax, b, [min(v)[1] * st.scale[b] for v in per_seed.values()], colors[b], f"batch {fmt_key(b)}",
-                 interval=False)
-        estimate(ax, b, st.per_batch[b][0] * st.scale[b], percentile_interval(
-            [p[b][0] * st.scale[b] for p, _, _ in st.boot]), "k", f"batch {fmt_key(b)}: fitted optimum lr",
-            label=once(ax, "optimum (fit in log lr), 95% bootstrap"))
-    lrs = {b: st.per_batch[b][0] * st.scale[b] for b in batches if math.isfinite(st.per_batch[b][0])}
-    if len(lrs) >= 2:
-        span = np.geomspace(min(lrs), max(lrs), 50)
-        for power, style, series in ((st.slope, "--", f"fit: slope {st.slope:.2f}"), (1, ":", "slope 1"),
-                                     (0.5, "-.", "slope 0.5")):
-            c = np.exp(np.mean([math.log(lrs[b]) - power * math.log(b) for b in lrs]))
-            line(ax, span, c * span ** power, style, series, color="gray" if power != st.slope else "k")
-    batch_axis(ax, batches)
-    ax.set_yscale("log")
-    ax.set(xlabel="batch size (images)", ylabel="lr", title="optimum lr; dots: each seed's fewest-updates lr")
-
-    ax = axes[4]
+    panel_updates_by_lr(axes[0], st, colors)
+    s_min, b_crit = st.fit
+    panel_by_batch(axes[1], st, colors, lambda b, u: u, (lambda x: s_min * (1 + b_crit / x), "S_min(1 + B_crit/B)"),
+                   f"updates to val/acc {target}", "updates to the target")
+    panel_by_batch(axes[2], st, colors, lambda b, u: u * b, (lambda x: s_min * (x + b_crit), "E_min(1 + B/B_crit)"),
+                   f"examples to val/acc {target}", "examples to the target")
+    panel_optimum_lr(axes[3], st, colors)
     for b in sorted(fast):
-        seeds_ci(ax, b, fast[b][1].values(), colors[b], f"batch {fmt_key(b)}", label=once(ax, "mean, 95% interval"))
-    batch_axis(ax, batches)
-    ax.set(xlabel="batch size (images)", ylabel=f"seconds of training to val/acc {target}",
-           title=f"time to the target at each batch's fastest {st.key}")
+        seeds_ci(axes[4], b, fast[b][1].values(), colors[b], f"batch {fmt_key(b)}",
+                 label=once(axes[4], "mean, 95% interval"))
+    batch_axis(axes[4], batches)
+    axes[4].set(xlabel="batch size (images)", ylabel=f"seconds of training to val/acc {target}",
+                title=f"time to the target at each batch's fastest {st.key}")
     axes[5].legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=8, frameon=False)
     axes[5].axis("off")
     for ax in axes[:5]:
@@ -1526,6 +1478,67 @@ def figure_steps(rep, st, fast):
     fig.suptitle(f"{design(st.rows, 'optimizer', 'scheduler')}, precise BN, target val/acc {target}; {n} seeds per "
                  "cell", fontsize=9)
     rep.save(fig, "steps")
+
+
+def panel_updates_by_lr(ax, st, colors):
+    """Updates to the target against the grid's lr, one line per batch size: each seed, each cell's mean with its
+    95% interval, the fitted optimum dotted."""
+    for b, color in colors.items():
+        grid = sorted(st.cells[b])
+        means = [seeds_ci(ax, lr, list(st.cells[b][lr].values()), color, f"batch {fmt_key(b)}", log=True,
+                          spread=0.04, meaning="never reached the target") for lr in grid]
+        ax.plot(grid, means, color=color, lw=1, label=f"batch {fmt_key(b)}")
+        if math.isfinite(st.per_batch[b][0]):
+            ax.axvline(st.per_batch[b][0], color=color, ls=":", lw=1, label=once(ax, "fitted optimum"))
+            record(ax, f"batch {fmt_key(b)}: fitted optimum", st.per_batch[b][0], None)
+    lr_axis(ax, sorted({lr for lrs in st.cells.values() for lr in lrs}))
+    y_scale(ax)
+    ax.set(xlabel=f"{st.key}" + (f" (lr at {num(st.size)} images; lr = lr_base × B/{num(st.size)})"
+                                 if st.key == "lr_base" else ""), ylabel=f"updates to val/acc {num(st.target)}",
+           title="each seed; mean with 95% interval; dotted: fitted optimum")
+
+
+def panel_by_batch(ax, st, colors, get, fit, ylabel, title):
+    """Per batch, get(batch, updates) of the grid-best cell's seeds and of the estimate, with its bootstrap
+    interval; fit: (the fitted curve, its label)."""
+    for b, color in colors.items():
+        best = min(st.cells[b], key=lambda lr, b=b: cell_mean(list(st.cells[b][lr].values())))
+        seeds_ci(ax, b, [get(b, u) for u in st.cells[b][best].values()], color, f"batch {fmt_key(b)}",
+                 interval=False, meaning="never reached the target")
+        estimate(ax, b, get(b, st.per_batch[b][1]), percentile_interval([get(b, p[b][1]) for p, _, _ in st.boot]),
+                 "k", f"batch {fmt_key(b)}: grid best, 95% bootstrap",
+                 label=once(ax, "grid best, 95% bootstrap interval"))
+    if math.isfinite(st.fit[1]):
+        span = np.geomspace(min(colors), max(colors), 50)
+        line(ax, span, fit[0](span), "k--", fit[1])
+    batch_axis(ax, list(colors))
+    y_scale(ax)
+    ax.set(xlabel="batch size (images)", ylabel=ylabel, title=title)
+
+
+def panel_optimum_lr(ax, st, colors):
+    """The fitted optimum lr per batch with its bootstrap interval, each seed's fewest-updates lr, and the slopes
+    of the fit and of the linear and square-root rules."""
+    for b, color in colors.items():
+        per_seed = {}
+        for lr, s in st.cells[b].items():
+            for seed, u in s.items():
+                per_seed.setdefault(seed, []).append((u, lr))
+        seeds_ci(ax, b, [min(v)[1] * st.scale[b] for v in per_seed.values()], color, f"batch {fmt_key(b)}",
+                 interval=False)
+        estimate(ax, b, st.per_batch[b][0] * st.scale[b], percentile_interval(
+            [p[b][0] * st.scale[b] for p, _, _ in st.boot]), "k", f"batch {fmt_key(b)}: fitted optimum lr",
+            label=once(ax, "optimum (fit in log lr), 95% bootstrap"))
+    lrs = {b: st.per_batch[b][0] * st.scale[b] for b in colors if math.isfinite(st.per_batch[b][0])}
+    if len(lrs) >= 2:
+        span = np.geomspace(min(lrs), max(lrs), 50)
+        for power, style, series in ((st.slope, "--", f"fit: slope {st.slope:.2f}"), (1, ":", "slope 1"),
+                                     (0.5, "-.", "slope 0.5")):
+            c = np.exp(np.mean([math.log(lrs[b]) - power * math.log(b) for b in lrs]))
+            line(ax, span, c * span ** power, style, series, color="gray" if power != st.slope else "k")
+    batch_axis(ax, list(colors))
+    ax.set_yscale("log")
+    ax.set(xlabel="batch size (images)", ylabel="lr", title="optimum lr; dots: each seed's fewest-updates lr")
 
 
 def text_steps(rep, st, cis):
@@ -1877,8 +1890,7 @@ SECTIONS = (
 
 def regenerate(results_dir, out_dir):
     """Write every table, text block and figure the results allow; rewrite README.md's blocks. -> table names."""
-    rep = Report(load_results(results_dir), out_dir)
-    rep.results_dir = Path(results_dir)
+    rep = Report(results_dir, out_dir)
     for section in SECTIONS:
         if not section.sweeps or any(s in rep.loaded for s in section.sweeps):
             section.function(rep)
