@@ -439,23 +439,24 @@ def off_scale(ax, x, value, color, series, meaning, keep=True):
 
 
 def seeds_ci(ax, x, ys, color, series, label=None, log=False, log_x=True, spread=0.06, meaning="no value",
-             interval=True, who="each seed"):
+             interval=True, who="each seed", at=None):
     """Each seed's value beside x (a NaN or infinite one on the top edge) and, with interval, when all are finite,
-    their mean (geometric on a log axis) with its 95% t interval. -> the mean, NaN when there is none."""
+    their mean (geometric on a log axis) with its 95% t interval; drawn at `at` (default x: a group set beside
+    others), recorded at x. -> the mean, NaN when there is none."""
     ys = sorted(ys, key=lambda y: (not is_number(y), y if is_number(y) else 0))
-    points = [(jitter(x, i, len(ys), spread, log_x), y) for i, y in enumerate(ys)]
+    at = x if at is None else at
+    points = [(jitter(at, i, len(ys), spread, log_x), y) for i, y in enumerate(ys)]
     finite = [(px, y) for px, y in points if is_number(y)]
     if finite:
         ax.scatter(*zip(*finite, strict=True), s=12, color=color, alpha=0.6, label=once(ax, who))
     for px, y in points:
-        if is_number(y):
-            record(ax, series, x, y)
-        else:
-            off_scale(ax, px, y, color, series, meaning)
+        record(ax, series, x, y)
+        if not is_number(y):
+            off_scale(ax, px, y, color, series, meaning, keep=False)
     if not interval or not ys or len(finite) < len(ys):
         return math.nan
     centre, low, high = bounds(ys, log)
-    ax.errorbar([x], [centre], yerr=[[centre - low], [high - centre]], fmt="o", ms=4, color=color, capsize=2,
+    ax.errorbar([at], [centre], yerr=[[centre - low], [high - centre]], fmt="o", ms=4, color=color, capsize=2,
                 elinewidth=1, label=label)
     record(ax, f"{series}: mean, 95% interval", x, centre, low, high)
     return centre
@@ -686,12 +687,14 @@ def figure_accuracy_by_batch(rep, name, groups, batches, bottom, ylabel, title):
     """Test accuracy against batch size for each group of runs ({label: runs}): each seed, and the mean with its
     95% interval, joined across batch sizes."""
     fig, (ax,) = new_figure()
-    for (label, runs), color in zip(groups.items(), ("tab:red", "tab:blue", "tab:green"), strict=False):
+    for g, ((label, runs), color) in enumerate(zip(groups.items(), ("tab:red", "tab:blue", "tab:green"),
+                                                  strict=False)):
+        xs = [jitter(b, g, len(groups), 0.25) for b in batches]  # each group beside the others
         means = [seeds_ci(ax, b, values(runs(b) if callable(runs) else where(runs, **{B: b}), "test/acc"), color,
-                          label) for b in batches]
-        ax.plot(batches, means, color=color, lw=1, label=f"{label}: mean, 95% interval")
+                          label, spread=0.04, at=x) for b, x in zip(batches, xs, strict=True)]
+        ax.plot(xs, means, color=color, lw=1, label=f"{label}: mean, 95% interval")
     batch_axis(ax, batches)
-    ax.set_ylim(bottom, 1.0 if bottom else 1.02)
+    ax.set_ylim(bottom, 1.02)
     ax.set(xlabel="batch size (images)", ylabel=ylabel, title=title)
     ax.title.set_fontsize(9)
     legend(ax, fontsize=7, loc="lower left")
