@@ -49,15 +49,15 @@ from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, 
 from tqdm import tqdm
 
 import runfiles
-from data import DATASETS, ConfigError, build_datasets, keep_batch, load_splits
+from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, load_data, pair
 
 # Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
             "device", "num_classes", "train_size", "val_size", "test_size", "label_noise_changed",
-            "examples_per_epoch", "updates_per_epoch")
+            "examples_per_epoch", "updates_per_epoch", "data_path", "data_path_why", "data_workers", "augmentation")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
-             "wandb_tags", "log_model", "num_workers")
+             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir")
 BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
 
 
@@ -138,8 +138,12 @@ def build_parser():
          help="more timm.create_model arguments, e.g. norm_layer=groupnorm1 (GroupNorm instead of BatchNorm)")
     switch(hp, "--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
     flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained")
-    flag("--dataset", default="digits", choices=DATASETS, help="digits ships with scikit-learn: no download")
-    flag("--data_dir", default="data", help="root of torchvision datasets, or the imagefolder folder")
+    flag("--dataset", default="digits", choices=list(DATASETS),
+         help="digits ships with scikit-learn: no download; imagefolder and wds read --data_dir")
+    flag("--data_dir", default="data", help="root of torchvision datasets, the imagefolder folder, or the wds shards")
+    flag("--data_in_memory", default="auto", choices=("auto", "true", "false"),
+         help="hold the decoded data in memory (on the GPU when there is one), or stream it through timm's "
+              "transforms in --workers processes; auto: in memory when it fits 1/4 of the free memory")
     switch(hp, "--download", "let torchvision download the dataset (needs network)")
     flag("--img_size", type=whole(8), default=16, help="pixels; images are resized to img_size x img_size")
     flag("--train_samples", type=whole(0), default=0, help="use only this many training images; 0 = all")
@@ -169,6 +173,20 @@ def build_parser():
     flag("--mixed_precision", default=None, choices=("no", "fp16", "bf16"),
          help="default: accelerate launch / accelerate config's setting, else no; fp16 needs a CUDA GPU")
     flag("--seed", type=whole(0), default=0, help="fixes the split, the label noise, the init and the batch order")
+
+    aug = p.add_argument_group("augmentation (named as timm's train.py names it; all off by default)")
+    flag = aug.add_argument
+    flag("--hflip", type=number(0, 1, high_open=False, example="0.5"), default=0.0,
+         help="probability of a horizontal flip")
+    flag("--scale", type=pair, default=None,
+         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1")
+    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default 0.75,1.33)")
+    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original")
+    flag("--reprob", type=number(0, 1, high_open=False, example="0.25"), default=0.0,
+         help="random-erasing probability")
+    flag("--mixup", type=number(0, math.inf, example="0.8"), default=0.0, help="mixup alpha; 0 = off")
+    flag("--cutmix", type=number(0, math.inf, example="1.0"), default=0.0, help="cutmix alpha; 0 = off")
+    flag = hp.add_argument
     switch(hp, "--noise_scale", "log the gradient noise scale noise/b_simple (needs grad_accum_steps >= 2)")
     flag("--early_stopping_patience", type=whole(0), default=0,
          help="stop after this many evaluation points without a lower val/loss, and test the best point's "
@@ -196,7 +214,10 @@ def build_parser():
     flag("--wandb_group", default="", help="default: $WANDB_RUN_GROUP")
     flag("--wandb_tags", default="", help="comma-separated")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
-    flag("--num_workers", type=whole(0), default=0, help="loader workers; in-memory data needs none")
+    flag("--workers", "--num_workers", type=whole(0), default=None,
+         help="data-loading processes; default 0 in memory (none needed), min(4, cores) streaming")
+    flag("--cache_dir", default="", help="where image folders decoded for memory are kept "
+         "(default $XDG_CACHE_HOME/lab1/decoded, else ~/.cache/lab1/decoded)")
     switch(infra, "--cpu", "train on the CPU even when a GPU is present")
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
@@ -231,6 +252,7 @@ def load_config_file(parser, path):
         print(f"train.py: --config {path}: ignoring {', '.join(skipped)} (recorded by a run, not flags)",
               file=sys.stderr)
     actions = {a.dest: a for a in parser._actions}
+    actions.update({s.lstrip("-"): a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     out = {}
     for key, value in values.items():
         if key in RECORDED:
@@ -239,10 +261,12 @@ def load_config_file(parser, path):
             raise ConfigError(f"unknown key {key!r} in --config {path}; use the flag names of --help")
         if key == "model_kwargs" and isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
+        if actions[key].type is pair and isinstance(value, list):  # a run's config.json records (0.08, 1) as a list
+            value = ",".join(map(str, value))
         if isinstance(value, (list, dict)):
             raise ConfigError(f"{key} in --config {path} is a list or mapping; a flag takes one value "
                               "(lists of values to try belong in a sweep file)")
-        action = actions[key]
+        action, key = actions[key], actions[key].dest  # an old name (num_workers) sets its flag (workers)
         try:
             out[key] = action.type(value) if action.type and value is not None else value
         except (ValueError, argparse.ArgumentTypeError) as e:
@@ -257,7 +281,7 @@ def check_args(a):
     tags = [t.strip() for t in a.wandb_tags.split(",") if t.strip()]
     rules = [
         (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
-        (a.dataset in ("digits", "synthetic") or a.download or Path(a.data_dir).exists(),
+        (not DATASETS[a.dataset].reads_data_dir or a.download or Path(a.data_dir).exists(),
          f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
         (not (a.output_dir and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir()),
          f"--output_dir {a.output_dir} is a file; give a folder"),
@@ -266,6 +290,10 @@ def check_args(a):
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
         (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
         (a.lr is None or a.lr_base is None, "give --lr or --lr_base, not both"),
+        (not (a.mixup or a.cutmix) or a.batch_size % 2 == 0,
+         "--mixup and --cutmix pair each image with another of its batch: use an even --batch_size"),
+        (not a.aa or valid_aa(a.aa), f"--aa {a.aa!r} is not a timm augmentation spec; try rand-m9-mstd0.5-inc1, "
+         "augmix-m5-w3, or original"),
         (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
                                                                                   and not a.cpu),
          "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
@@ -287,6 +315,14 @@ def check_args(a):
         close = difflib.get_close_matches(a.model, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise ConfigError(f"unknown timm model {a.model!r}; {hint}")
+
+
+def valid_aa(spec):
+    try:
+        timm.data.create_transform(32, is_training=True, auto_augment=spec)
+        return True
+    except Exception:  # timm's parsers raise AssertionError, KeyError or ValueError for a bad spec
+        return False
 
 
 def launcher_setting(flag, name, default):
@@ -539,9 +575,13 @@ class Training:
         """Data, model, Accelerator, optimizer, loaders and schedule."""
         args = self.args
         set_seed(args.seed)
-        splits, self.classes = load_splits(args)
+        data = self.data = load_data(args)
+        self.classes = data.classes
+        if int(os.environ.get("RANK", 0)) == 0:  # which path, and why, once (before the Accelerator exists)
+            print(f"data: {'in memory' if data.path == 'memory' else f'streamed by {data.workers} workers'}: "
+                  f"{data.why}" + (f"; {data.cache}" if data.cache else ""), flush=True)
         set_seed(args.seed)
-        model = create_model(args, len(self.classes), in_chans=splits["train"][0].shape[1])
+        model = create_model(args, len(self.classes), in_chans=data.in_chans)
         plugin = GradientAccumulationPlugin(num_steps=args.grad_accum_steps) if args.grad_accum_steps else None
         acc = self.accelerator = Accelerator(
             cpu=args.cpu or not torch.cuda.is_available(),  # cpu=True: real gloo ranks on a CPU machine
@@ -554,8 +594,8 @@ class Training:
         self.main = acc.is_main_process
         if acc.device.type == "cuda":
             torch.backends.cudnn.benchmark = args.cudnn_benchmark
-        train_set, val_set, test_set = build_datasets(args, splits, timm.data.resolve_model_data_config(model),
-                                                      acc.device)
+        loaders = data.loaders(args, timm.data.resolve_model_data_config(model), acc.device, acc.num_processes)
+        self.mix = Mix(args, len(self.classes))
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.has_bn = bool(batch_norms(model))
@@ -569,20 +609,12 @@ class Training:
         except (AssertionError, ImportError, ValueError) as e:  # CUDA-only or uninstalled optimizers
             raise ConfigError(f"--optimizer {args.optimizer} cannot run here ({e}); try adamw or sgd") from None
 
-        def loader(ds, batch_size, shuffle=False, drop_last=False):
-            return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                               collate_fn=keep_batch, num_workers=args.num_workers)
-
-        eval_batch = max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
-        # The training loader drops a short last batch, as the reference scripts do: a batch of one image
-        # breaks batch norm, and every update then sees batch_size images.
         self.model, self.optimizer, self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
-            model, optimizer, loader(train_set, args.batch_size, shuffle=True, drop_last=True),
-            loader(val_set, eval_batch), loader(test_set, eval_batch),
-            loader(train_set, max(1, min(eval_batch, len(train_set) // acc.num_processes)), drop_last=True))
+            model, optimizer, *loaders)
+        self.sizes = data.sizes
         if len(self.train_dl) == 0:
             raise ConfigError(f"--batch_size {args.batch_size} x {acc.num_processes} processes is more than the "
-                              f"{len(train_set)} training images; use a smaller --batch_size")
+                              f"{self.sizes['train_size']} training images; use a smaller --batch_size")
         per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / args.grad_accum_steps)
         if args.max_updates:  # the epochs it starts, the last one cut short
             args.epochs = math.ceil(args.max_updates / per_epoch)
@@ -595,7 +627,6 @@ class Training:
             warmup_epochs=args.warmup_epochs * per_epoch, decay_epochs=max(1, args.epochs // 3) * per_epoch,
             step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
-        self.sizes = {"train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set)}
 
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh) and its W&B run."""
@@ -605,7 +636,9 @@ class Training:
                        "num_processes": acc.num_processes, "device": device_name(acc),
                        "num_classes": len(self.classes), **self.sizes, "updates_per_epoch": self.updates_per_epoch,
                        "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
-                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"])}
+                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"]),
+                       "data_path": self.data.path, "data_path_why": self.data.why, "data_workers": self.data.workers,
+                       "augmentation": augmentation(args)}
         self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
         self.progress = None
         if self.out:
@@ -674,7 +707,8 @@ class Training:
                 self.train_dl.set_epoch(epoch)
                 loader = acc.skip_first_batches(self.train_dl, step) if step else self.train_dl
                 loader.set_epoch(epoch)
-                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                bar = tqdm(checked(loader, acc, self.data.path == "stream"), total=len(loader),
+                           desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
                            disable=not (self.main and sys.stderr.isatty()))  # agent logs get plain lines only
                 for x, y in bar:
                     step += 1
@@ -693,6 +727,13 @@ class Training:
                     summary["data/samples_per_rank"] = acc.gather(
                         torch.tensor([step * args.batch_size], device=acc.device)).tolist()
                 step = 0
+        except BadData as e:  # met mid-stream: the run can go on from its last whole update once the file is fixed
+            whole_step = step - step % args.grad_accum_steps
+            self.optimizer.zero_grad()
+            summary.update({"status": "failed", "error": str(e), "stop/epoch": epoch + 1, "stop/step": whole_step})
+            error = self.save_checkpoint(epoch, whole_step, time.perf_counter() - self.t0)
+            summary.update({"checkpoint_error": error} if error else {})
+            self.clock["train"] += time.perf_counter() - self.t0
         except Stop as stop:
             summary.update({"status": stop.status, "stop/epoch": epoch + 1, "stop/step": stop.step})
             if stop.status == "oom":
@@ -715,8 +756,9 @@ class Training:
             oom = None
             try:
                 with self.saved.hooks() if first else contextlib.nullcontext():
+                    x, target = self.mix(x, y)  # mixup/cutmix: soft targets, label smoothing folded in
                     logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+                    loss = F.cross_entropy(logits, target, label_smoothing=0.0 if self.mix.on else args.label_smoothing)
             except (RuntimeError, MemoryError) as e:
                 if not is_oom(e):
                     raise
@@ -856,7 +898,7 @@ class Training:
                            strict=True))
         if self.main:
             finish_run(args, self.run, self.out, summary, self.preemption.signal)
-            if summary["status"] != "preempted":
+            if summary["status"] not in ("preempted", "failed"):
                 remove_checkpoint(self.out / "checkpoint")  # ended for good: nothing left to resume
             if self.has_bn and not args.precise_bn and self.updates < BN_SETTLED and status in runfiles.COMPLETED:
                 print(f"note: evaluation used batch-norm running statistics from only {self.updates} updates; "
@@ -1027,6 +1069,9 @@ def finish_run(args, run, out, summary, signum):
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
         artifact.add_file(str(out / "model.safetensors"))
         run.log_artifact(artifact, aliases=["best"])
+    if summary["status"] == "failed":  # bad data met mid-stream: main() prints the one line
+        run.finish(exit_code=2)
+        return
     if summary["status"] == "preempted":
         run.mark_preempting()  # W&B's agent requeues the run; the same command resumes it from out/checkpoint
         print(f"preempted: checkpoint in {out / 'checkpoint'}; run the same command to resume", flush=True)
@@ -1050,6 +1095,10 @@ def main(argv=None):
         print(f"train.py: {e}", file=sys.stderr)
         return None
     summary = training.finish(training.train(preemption))
+    if summary["status"] == "failed":
+        print(f"train.py: error: {summary['error']}; then run the same command to resume "
+              f"(checkpoint in {training.out / 'checkpoint'})", file=sys.stderr)
+        sys.exit(2)
     if summary["status"] == "preempted":  # non-zero, as W&B's agent expects of a run it should requeue
         sys.exit(128 + training.preemption.signal)
     return summary
