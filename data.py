@@ -19,10 +19,10 @@ import os
 import re
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -125,8 +125,8 @@ def split_folders(root):
         return {}
     for split, ns in found.items():
         if len(ns) > 1:
-            raise ConfigError(f"--data_dir {root} has {' and '.join(n + '/' for n in ns)}, two {split} splits; "
-                              "keep one of them")
+            raise ConfigError(f"--data_dir {root} has both {' and '.join(n + '/' for n in ns)}: two {split} "
+                              "splits; keep one of them")
     if not found["train"]:
         raise ConfigError(f"--data_dir {root} has split folder(s) {', '.join(n + '/' for n in named)} but no "
                           "train/ (or training/); rename the training split's folder to train/")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 CONFIG, HISTORY, SUMMARY, LOG = "config.json", "history.csv", "summary.json", "train.log"
 
-# How a run ended: train.py writes the first six into summary.json; sweep.py adds the last two.
+# How a run ended: train.py writes the first six and failed into summary.json; sweep.py adds the last two.
 STATUSES = {
     "finished": "every --epochs ran",
     "early_stopped": "--early_stopping_patience evaluations without a lower val/loss",
@@ -21,7 +21,8 @@ STATUSES = {
     "diverged": "a training loss was NaN or infinite",
     "oom": "out of memory",
     "preempted": "SIGTERM or SIGINT: a checkpoint was saved; the same command resumes it",
-    "failed": "sweep.py: non-zero exit or no summary.json",
+    "failed": "train.py: an image met mid-stream cannot be read (it resumes once fixed); "
+              "sweep.py: non-zero exit or no summary.json",
     "stopped": "sweep.py: Hyperband (early_terminate) stopped it",
 }
 COMPLETED = ("finished", "early_stopped", "reached_target")  # ended on purpose: test metrics exist

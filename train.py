@@ -758,7 +758,8 @@ class Training:
                 with self.saved.hooks() if first else contextlib.nullcontext():
                     x, target = self.mix(x, y)  # mixup/cutmix: soft targets, label smoothing folded in
                     logits = model(x)
-                    loss = F.cross_entropy(logits, target, label_smoothing=0.0 if self.mix.on else args.label_smoothing)
+                    smoothing = 0.0 if self.mix.on else args.label_smoothing  # mixed targets are smoothed already
+                    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
             except (RuntimeError, MemoryError) as e:
                 if not is_oom(e):
                     raise
@@ -1064,7 +1065,8 @@ def finish_run(args, run, out, summary, signum):
     run.summary.update({k: v for k, v in summary.items() if k not in ("val/acc", "val/loss")})
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
     runfiles.write_json(out / runfiles.SUMMARY, summary)
-    if args.log_model and summary["status"] != "preempted" and (out / "model.safetensors").exists():  # once, at the end
+    ended = summary["status"] not in ("preempted", "failed")  # a run that resumes uploads its model at its end
+    if args.log_model and ended and (out / "model.safetensors").exists():
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
         artifact.add_file(str(out / "model.safetensors"))

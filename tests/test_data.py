@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, clean_env, inspect_wandb, run, summary_of, train_many
+from conftest import ROOT, clean_env, inspect_wandb, run, summary_of, train_many
 
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
@@ -48,7 +48,7 @@ def first_batches(loaded, args):
     config = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
     train_dl, val_dl, test_dl, _ = loaded.loaders(args, config, torch.device("cpu"), 1)
     torch.manual_seed(0)
-    whole = [[torch.cat(parts) for parts in zip(*loader)] for loader in (val_dl, test_dl)]
+    whole = [[torch.cat(parts) for parts in zip(*loader, strict=True)] for loader in (val_dl, test_dl)]
     return [next(iter(train_dl)), *whole]
 
 
@@ -61,10 +61,10 @@ def test_both_paths_give_the_same_split_labels_and_first_batches(tmp_path):
     for name in ("train", "val", "test"):
         assert np.array_equal(memory.splits[name][1], stream.splits[name][1]), name
         files = stream.splits[name][0]
-        assert [np.array_equal(data.read_image(f, 16), x) for f, x in zip(files, memory.splits[name][0])] == \
-            [True] * len(files), name  # the same images, in the same order
+        same = [np.array_equal(data.read_image(f, 16), x) for f, x in zip(files, memory.splits[name][0], strict=True)]
+        assert same == [True] * len(files), name  # the same images, in the same order
     plain = args_for(folder)
-    for (xm, ym), (xs, ys) in zip(first_batches(memory, plain), first_batches(stream, plain)):
+    for (xm, ym), (xs, ys) in zip(first_batches(memory, plain), first_batches(stream, plain), strict=True):
         assert torch.equal(ym, ys) and xm.shape == xs.shape == (len(ym), 3, 16, 16)
         # PIL's and torch's antialiased bilinear resize round differently: at most 2 levels of 255, normalised
         assert (xm - xs).abs().max().item() <= 2 / 255 / 0.224 + 1e-6
@@ -153,7 +153,7 @@ print(hashlib.sha256(np.ascontiguousarray(out["train"][0])).hexdigest(), note.sp
                               text=True) for i in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
-    digests, notes = zip(*(out.split() for out, _ in results))
+    digests, notes = zip(*(out.split() for out, _ in results), strict=True)
     assert digests[0] == digests[1] and sorted(notes) == ["decoded", "read"]  # one built it, one mapped it
     folder_name, lock = sorted(p.name for p in cache.iterdir())  # no half-built folder beside them
     assert lock == folder_name + ".lock" and (cache / folder_name / "meta.json").exists()
@@ -180,7 +180,7 @@ def test_split_folders_under_other_names_are_read_as_splits_never_classes(tmp_pa
 
 @pytest.mark.parametrize("folders, words", [
     (["Val", "Test"], "has split folder(s) Val/, Test/ but no train/"),
-    (["train", "val", "valid"], "has val/ and valid/, two val splits"),
+    (["train", "val", "valid"], "has both val/ and valid/: two val splits"),
     (["train", "cats"], "mixes split folders (train/) with other folders (cats/)"),
 ])
 def test_ambiguous_split_folders_are_refused_naming_them(tmp_path, folders, words):
@@ -250,7 +250,7 @@ def test_a_webdataset_shard_set_and_both_image_folder_paths_train_with_augmentat
     assert summary_of(workdir / "wds")["examples"] == 96  # 6 batches of 16: every training image once
     assert json.loads((workdir / "memory/config.json").read_text())["augmentation"] == (
         "hflip 0.5, scale (0.5, 1.0), aa rand-m9-mstd0.5, reprob 0.25, mixup 0.8, cutmix 1.0")
-    assert f"data: streamed by 1 workers: --data_in_memory false" in res.stdout
+    assert "data: streamed by 1 workers: --data_in_memory false" in res.stdout
 
 
 def test_augmentation_is_off_by_default_and_on_the_device_when_asked():
