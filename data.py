@@ -396,10 +396,15 @@ def decode_cached(parts, img_size, cache_dir):
     missing cache while the others wait on its lock (flock), then all map it."""
     key = cache_key(parts, img_size)
     made = [p for p in [cache_dir, *cache_dir.parents] if not p.exists()]  # ours to remove if decoding fails
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_dir / f"{key}.lock", "w")  # closed by the with below
+    except OSError as e:  # under a file, no permission, a read-only disk
+        raise ConfigError(f"cannot write the decoded cache in --cache_dir {cache_dir} ({e.strerror}); "
+                          "give a folder you can write") from None
     folder, note = cache_dir / key, f"read from the decoded cache {cache_dir / key}"
     try:
-        with open(cache_dir / f"{key}.lock", "w") as lock:
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
             images, damage = read_cache(folder)
             if images is None:
@@ -459,8 +464,9 @@ def build_cache(folder, files, img_size):
     """Decode every file with every core into folder/images.npy, written beside and renamed into place whole,
     with meta.json (shape, checksum, whether any image had colour)."""
     from numpy.lib.format import open_memmap
+    for stale in folder.parent.glob(f"{folder.name}.tmp*"):  # a builder killed mid-way (we hold the lock now)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(files), 3, img_size, img_size))
@@ -618,7 +624,8 @@ def memory_loaders(args, splits, data_config, device, num_processes, workers):
 
     def make(name, augment=None):
         images, labels = splits[name]
-        return TensorImages(torch.from_numpy(np.ascontiguousarray(images)).to(device),
+        images = np.require(images, requirements=("C", "W"))  # a copy of a split still in the read-only cache map
+        return TensorImages(torch.from_numpy(images).to(device),
                             torch.from_numpy(np.asarray(labels)).long().to(device), args.img_size, mean, std,
                             memory_format, augment)
 
