@@ -8,8 +8,7 @@ ships (random crops, zooms and colour shifts), in 10 class folders, then four si
    of --train_images at 128 px, resnet10t, batch 64, the same augmentation (random-resized crop, flip) and
    workers; img/s over the epoch, and the seconds from process start to the first training step. Alternated.
 2. memory: peak memory (PSS: shared pages counted once) of train.py's process tree (main process and loader
-   workers), streaming
-   --images against 4x as many (the same files linked again), 10 updates each. Alternated.
+   workers), streaming --images against 4x as many (the same files linked again), --updates each. Alternated.
 3. decode once: a sweep of 4 in-memory runs over --images (one sweep.py agent, warm starts): each run's
    time/startup_s; the first decodes into a fresh cache, the others map it. Against the previous release's
    train.py (PREVIOUS, default /work/main/train.py at this branch's base), which decodes in every run.
@@ -158,8 +157,9 @@ def stream_vs_timm(tmp, folder, args):
 
 def memory_growth(tmp, folder, args):
     big = link_tree(folder, tmp / "x4", 4)
-    flags = ["--img_size=128", "--batch_size=64", "--epochs=1", "--max_updates=10", f"--workers={args.workers}",
-             "--data_in_memory=false", "--hflip=0.5", "--scale=0.08,1", "--val_fraction=0.01", "--test_fraction=0.01"]
+    flags = ["--img_size=128", "--batch_size=64", "--epochs=1", f"--max_updates={args.updates}", "--hflip=0.5",
+             f"--workers={args.workers}", "--data_in_memory=false", "--scale=0.08,1", "--val_fraction=0.01",
+             "--test_fraction=0.01"]
     rows = []
     for r in range(args.rounds):
         for name, f in ((f"{args.images:,}", folder), (f"{4 * args.images:,}", big)):
@@ -175,14 +175,14 @@ def decode_once(tmp, folder, args):
     release's train.py run the same way (its first run alone: it decodes every time)."""
     import yaml
     rows = []
-    for side, program, runs in (("this branch", TRAIN, 4), ("previous release", PREVIOUS, 2)):
+    for side, program, runs in (("this branch", TRAIN, 4), ("previous release", PREVIOUS, args.previous_runs)):
         sweep = tmp / f"sweep_{side.split()[0]}.yaml"
         sweep.write_text(yaml.safe_dump({
             "program": str(program), "method": "grid",
             "parameters": {"seed": {"values": list(range(runs))}, "dataset": {"value": "imagefolder"},
                            "data_dir": {"value": str(folder)}, "img_size": {"value": 128},
-                           "max_updates": {"value": 2}, "batch_size": {"value": 64},
-                           "val_fraction": {"value": 0.05}, "test_fraction": {"value": 0.05},
+                           "max_updates": {"value": 1}, "batch_size": {"value": 64},
+                           "val_fraction": {"value": 0.02}, "test_fraction": {"value": 0.02},
                            "wandb_mode": {"value": "disabled"}}}))
         env = clean_env(tmp, XDG_CACHE_HOME=str(tmp / f"cache_{side.split()[0]}"))
         subprocess.run([sys.executable, str(ROOT / "sweep.py"), str(sweep), "--sweep_dir", str(tmp / sweep.stem)],
@@ -240,6 +240,8 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1, help="alternations of each side-by-side comparison")
     p.add_argument("--epochs", type=int, default=10, help="of the digits comparison")
+    p.add_argument("--updates", type=int, default=10, help="of each run in the memory comparison")
+    p.add_argument("--previous_runs", type=int, default=2, help="runs of the previous release's sweep")
     p.add_argument("--only", default="stream,memory,decode,digits")
     add_write_flag(p)
     args = p.parse_args()
