@@ -214,7 +214,7 @@ def open_image(path):
 
 def read_image(path, img_size):
     """An image file -> uint8 (1 or 3, img_size, img_size), resized as a whole (no crop)."""
-    a = np.asarray(open_image(path))
+    a = np.array(open_image(path))  # writable: torch.from_numpy warns about a read-only array
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     x = torch.from_numpy(np.ascontiguousarray(a))[None].float()
     return F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True)[0].round().byte().numpy()
