@@ -25,14 +25,15 @@ RESULTS = "results.csv"  # a sweep folder's: one row per ended run
 FINISHED, EARLY_STOPPED, REACHED_TARGET = "finished", "early_stopped", "reached_target"
 DIVERGED, OOM, PREEMPTED = "diverged", "oom", "preempted"
 FAILED, STOPPED = "failed", "stopped"
-STATUSES = {  # train.py writes the first six into summary.json; sweep.py adds the last two
+STATUSES = {  # train.py writes the first six and failed into summary.json; sweep.py adds stopped
     FINISHED: "every --epochs ran",
     EARLY_STOPPED: "--early_stopping_patience evaluations without a lower val/loss",
     REACHED_TARGET: "--stop_at_target: val/acc reached --target_val_acc",
     DIVERGED: "a training loss was NaN or infinite",
     OOM: "out of memory",
     PREEMPTED: "SIGTERM or SIGINT: a checkpoint was saved; the same command resumes it",
-    FAILED: "sweep.py: non-zero exit or no summary.json",
+    FAILED: "train.py: an image met mid-stream cannot be read (it resumes once fixed); "
+            "sweep.py: non-zero exit or no summary.json",
     STOPPED: "sweep.py: Hyperband (early_terminate) stopped it",
 }
 COMPLETED = (FINISHED, EARLY_STOPPED, REACHED_TARGET)  # ended on purpose: test metrics exist
@@ -64,7 +65,7 @@ RUN_METRICS = (  # summary.json's and W&B's end-of-run metrics
     "oom/*",  # oom: the batch size, the phase, and the device's or host's memory at that moment
     "data/samples_per_rank",
 )
-RUN_FIELDS = ("status", "checkpoint_error", "wandb_run_dir")  # summary.json entries that are not metrics
+RUN_FIELDS = ("status", "error", "checkpoint_error", "wandb_run_dir")  # summary.json entries that are not metrics
 
 
 def is_metric(key, among=POINT_METRICS + RUN_METRICS):

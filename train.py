@@ -48,15 +48,16 @@ from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, 
 from tqdm import tqdm
 
 import runfiles
-from data import DATASETS, ConfigError, build_datasets, keep_batch, load_splits
+from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, load_data, pair
 
 # Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
             "device", "num_classes", "train_size", "val_size", "test_size", "label_noise_changed",
-            "examples_per_epoch", "updates_per_epoch")
+            "examples_per_epoch", "updates_per_epoch", "data_path", "data_path_why", "data_workers", "augmentation")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
-             "wandb_tags", "log_model", "num_workers")
+             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir")
+RESUMABLE = (runfiles.PREEMPTED, runfiles.FAILED)  # a checkpoint stays: the same command resumes
 BEST = {"val/acc": "max", "val/loss": "min"}  # summary.json's and W&B's val/acc and val/loss: the best point's
 BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
 
@@ -143,8 +144,12 @@ def build_parser():
          help="more timm.create_model arguments, e.g. norm_layer=groupnorm1 (GroupNorm instead of BatchNorm)")
     switch(hp, "--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
     flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained")
-    flag("--dataset", default="digits", choices=DATASETS, help="digits ships with scikit-learn: no download")
-    flag("--data_dir", default="data", help="root of torchvision datasets, or the imagefolder folder")
+    flag("--dataset", default="digits", choices=list(DATASETS),
+         help="digits ships with scikit-learn: no download; imagefolder and wds read --data_dir")
+    flag("--data_dir", default="data", help="root of torchvision datasets, the imagefolder folder, or the wds shards")
+    flag("--data_in_memory", default="auto", choices=("auto", "true", "false"),
+         help="hold the decoded data in memory (on the GPU when there is one), or stream it through timm's "
+              "transforms in --workers processes; auto: in memory when it fits 1/4 of the free memory")
     switch(hp, "--download", "let torchvision download the dataset (needs network)")
     flag("--img_size", type=whole(8), default=16, help="pixels; images are resized to img_size x img_size")
     flag("--train_samples", type=whole(0), default=0, help="use only this many training images; 0 = all")
@@ -174,6 +179,20 @@ def build_parser():
     flag("--mixed_precision", default=None, choices=("no", "fp16", "bf16"),
          help="default: accelerate launch / accelerate config's setting, else no; fp16 needs a CUDA GPU")
     flag("--seed", type=whole(0), default=0, help="fixes the split, the label noise, the init and the batch order")
+
+    aug = p.add_argument_group("augmentation (named as timm's train.py names it; all off by default)")
+    flag = aug.add_argument
+    flag("--hflip", type=number(0, 1, high_open=False, example="0.5"), default=0.0,
+         help="probability of a horizontal flip")
+    flag("--scale", type=pair, default=None,
+         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1")
+    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default 0.75,1.33)")
+    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original")
+    flag("--reprob", type=number(0, 1, high_open=False, example="0.25"), default=0.0,
+         help="random-erasing probability")
+    flag("--mixup", type=number(0, math.inf, example="0.8"), default=0.0, help="mixup alpha; 0 = off")
+    flag("--cutmix", type=number(0, math.inf, example="1.0"), default=0.0, help="cutmix alpha; 0 = off")
+    flag = hp.add_argument
     switch(hp, "--noise_scale", "log the gradient noise scale noise/b_simple (needs grad_accum_steps >= 2)")
     flag("--early_stopping_patience", type=whole(0), default=0,
          help="stop after this many evaluation points without a lower val/loss, and test the best point's "
@@ -201,7 +220,10 @@ def build_parser():
     flag("--wandb_group", default="", help="default: $WANDB_RUN_GROUP")
     flag("--wandb_tags", type=tag_list, default="", help="comma-separated")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
-    flag("--num_workers", type=whole(0), default=0, help="loader workers; in-memory data needs none")
+    flag("--workers", "--num_workers", type=whole(0), default=None,
+         help="data-loading processes; default 0 in memory (none needed), min(4, cores) streaming")
+    flag("--cache_dir", default="", help="where image folders decoded for memory are kept "
+         "(default $XDG_CACHE_HOME/lab1/decoded, else ~/.cache/lab1/decoded)")
     switch(infra, "--cpu", "train on the CPU even when a GPU is present")
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
@@ -236,6 +258,7 @@ def load_config_file(parser, path):
         print(f"train.py: --config {path}: ignoring {', '.join(skipped)} (recorded by a run, not flags)",
               file=sys.stderr)
     actions = {a.dest: a for a in parser._actions}
+    actions.update({s.lstrip("-"): a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     out = {}
     for key, value in values.items():
         if key in RECORDED:
@@ -244,10 +267,12 @@ def load_config_file(parser, path):
             raise ConfigError(f"unknown key {key!r} in --config {path}; use the flag names of --help")
         if key == "model_kwargs" and isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
+        if actions[key].type is pair and isinstance(value, list):  # a run's config.json records (0.08, 1) as a list
+            value = ",".join(map(str, value))
         if isinstance(value, (list, dict)):
             raise ConfigError(f"{key} in --config {path} is a list or mapping; a flag takes one value "
                               "(lists of values to try belong in a sweep file)")
-        action = actions[key]
+        action, key = actions[key], actions[key].dest  # an old name (num_workers) sets its flag (workers)
         try:
             out[key] = action.type(value) if action.type and value is not None else value
         except (ValueError, argparse.ArgumentTypeError) as e:
@@ -261,7 +286,7 @@ def check_args(a):
     """The mistakes a user can make in flags alone, each with its fix."""
     rules = [
         (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
-        (a.dataset in ("digits", "synthetic") or a.download or Path(a.data_dir).exists(),
+        (not DATASETS[a.dataset].reads_data_dir or a.download or Path(a.data_dir).exists(),
          f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
         (not (a.output_dir and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir()),
          f"--output_dir {a.output_dir} is a file; give a folder"),
@@ -271,6 +296,10 @@ def check_args(a):
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
         (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
         (a.lr is None or a.lr_base is None, "give --lr or --lr_base, not both"),
+        (not (a.mixup or a.cutmix) or a.batch_size % 2 == 0,
+         "--mixup and --cutmix pair each image with another of its batch: use an even --batch_size"),
+        (not a.aa or valid_aa(a.aa), f"--aa {a.aa!r} is not a timm augmentation spec; try rand-m9-mstd0.5-inc1, "
+         "augmix-m5-w3, or original"),
         (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
                                                                                   and not a.cpu),
          "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
@@ -291,6 +320,14 @@ def check_args(a):
         close = difflib.get_close_matches(a.model, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise ConfigError(f"unknown timm model {a.model!r}; {hint}")
+
+
+def valid_aa(spec):
+    try:
+        timm.data.create_transform(32, is_training=True, auto_augment=spec)
+        return True
+    except Exception:  # timm's parsers raise AssertionError, KeyError or ValueError for a bad spec
+        return False
 
 
 def launcher_setting(flag, name, default):
@@ -572,9 +609,13 @@ class Training:
     def build(self, flags):
         """Data, model, Accelerator, loaders, the resolved configuration (self.args), optimizer and schedule."""
         set_seed(flags.seed)
-        splits, self.classes = load_splits(flags)
+        data = self.data = load_data(flags)
+        self.classes, self.sizes = data.classes, data.sizes
+        if int(os.environ.get("RANK", 0)) == 0:  # which path, and why, once (before the Accelerator exists)
+            print(f"data: {'in memory' if data.path == 'memory' else f'streamed by {data.workers} workers'}: "
+                  f"{data.why}" + (f"; {data.cache}" if data.cache else ""), flush=True)
         set_seed(flags.seed)
-        model = create_model(flags, len(self.classes), in_chans=splits["train"][0].shape[1])
+        model = create_model(flags, len(self.classes), in_chans=data.in_chans)
         acc = self.accelerator = make_accelerator(flags)
         self.main = acc.is_main_process
         if acc.device.type == "cuda":
@@ -583,7 +624,12 @@ class Training:
             model = model.to(memory_format=torch.channels_last)
         self.has_bn = bool(batch_norms(model))
         self.saved = SavedTensors(model)
-        self.prepare_loaders(flags, splits, model)
+        self.mix = Mix(flags, len(self.classes))
+        self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
+            *data.loaders(flags, timm.data.resolve_model_data_config(model), acc.device, acc.num_processes))
+        if len(self.train_dl) == 0:
+            raise ConfigError(f"--batch_size {flags.batch_size} x {acc.num_processes} processes is more than the "
+                              f"{self.sizes['train_size']} training images; use a smaller --batch_size")
         per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / acc.gradient_accumulation_steps)
         args = self.args = resolve(flags, acc, per_epoch)
         self.global_batch = args.batch_size * acc.num_processes * args.grad_accum_steps
@@ -598,27 +644,6 @@ class Training:
             step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
 
-    def prepare_loaders(self, args, splits, model):
-        acc = self.accelerator
-        train_set, val_set, test_set = build_datasets(args, splits, timm.data.resolve_model_data_config(model),
-                                                      acc.device)
-        self.sizes = {"train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set)}
-
-        def loader(ds, batch_size, shuffle=False, drop_last=False):
-            return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                               collate_fn=keep_batch, num_workers=args.num_workers)
-
-        eval_batch = max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
-        # The training loader drops a short last batch, as the reference scripts do: a batch of one image
-        # breaks batch norm, and every update then sees batch_size images.
-        self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
-            loader(train_set, args.batch_size, shuffle=True, drop_last=True),
-            loader(val_set, eval_batch), loader(test_set, eval_batch),
-            loader(train_set, max(1, min(eval_batch, len(train_set) // acc.num_processes)), drop_last=True))
-        if len(self.train_dl) == 0:
-            raise ConfigError(f"--batch_size {args.batch_size} x {acc.num_processes} processes is more than the "
-                              f"{len(train_set)} training images; use a smaller --batch_size")
-
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh), its W&B run and self.state."""
         args, acc = self.args, self.accelerator
@@ -626,7 +651,9 @@ class Training:
                        "num_processes": acc.num_processes, "device": device_name(acc),
                        "num_classes": len(self.classes), **self.sizes, "updates_per_epoch": self.updates_per_epoch,
                        "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
-                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"])}
+                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"]),
+                       "data_path": self.data.path, "data_path_why": self.data.why, "data_workers": self.data.workers,
+                       "augmentation": augmentation(args)}
         self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
         resumed = self.check_folder() if self.out else None
         self.resumed = resumed is not None
@@ -686,6 +713,8 @@ class Training:
             while state.epoch < self.args.epochs:
                 self.train_epoch(summary)
                 state.epoch, state.step = state.epoch + 1, 0
+        except BadData as e:  # met mid-stream: the run can go on from its last whole update once the file is fixed
+            self.bad_data(e, summary)
         except Stop as stop:
             self.stopped(stop, summary)
         return summary
@@ -696,7 +725,8 @@ class Training:
         self.train_dl.set_epoch(state.epoch)
         loader = acc.skip_first_batches(self.train_dl, state.step) if state.step else self.train_dl
         loader.set_epoch(state.epoch)
-        bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{args.epochs}", leave=False,
+        bar = tqdm(checked(loader, acc, self.data.path == "stream"), total=len(loader),
+                   desc=f"epoch {state.epoch + 1}/{args.epochs}", leave=False,
                    disable=not (self.main and sys.stderr.isatty()))  # agent logs get plain lines only
         for x, y in bar:
             state.step += 1
@@ -729,6 +759,19 @@ class Training:
             state.examples += int(self.accelerator.reduce(self.sums)[2].item())
         state.clock["train"] += elapsed
 
+    def bad_data(self, error, summary):
+        """An image met mid-stream cannot be read: status failed, and a checkpoint at the last whole update, from
+        which the same command resumes once the file is fixed."""
+        state = self.state
+        state.step -= state.step % self.args.grad_accum_steps
+        self.optimizer.zero_grad()
+        summary.update({"status": runfiles.FAILED, "error": str(error), "stop/epoch": state.epoch + 1,
+                        "stop/step": state.step})
+        elapsed = time.perf_counter() - self.t0
+        saved = self.save_checkpoint(elapsed)
+        summary.update({"checkpoint_error": saved} if saved else {})
+        state.clock["train"] += elapsed
+
     def train_step(self, x, y, step):
         """One micro-batch: forward, the ranks' agreement on how to go on, backward, and the update when due.
         Raises Stop (oom, diverged)."""
@@ -738,8 +781,10 @@ class Training:
             oom = None
             try:
                 with self.saved.hooks() if first else contextlib.nullcontext():
+                    x, target = self.mix(x, y)  # mixup/cutmix: soft targets, label smoothing folded in
                     logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+                    smoothing = 0.0 if self.mix.on else args.label_smoothing  # mixed targets are smoothed already
+                    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
             except (RuntimeError, MemoryError) as e:
                 if not is_oom(e):
                     raise
@@ -872,7 +917,7 @@ class Training:
                            strict=True))
         if self.main:
             finish_run(args, self.run, self.out, summary, self.preemption.signal)
-            if summary["status"] != runfiles.PREEMPTED:
+            if summary["status"] not in RESUMABLE:
                 runfiles.remove_checkpoint(self.out / runfiles.CHECKPOINT)  # ended for good: nothing to resume
             if self.has_bn and not args.precise_bn and self.state.updates < BN_SETTLED and status in runfiles.COMPLETED:
                 print(f"note: evaluation used batch-norm running statistics from only {self.state.updates} updates; "
@@ -1039,11 +1084,15 @@ def finish_run(args, run, out, summary, signum):
     run.summary.update({k: v for k, v in summary.items() if k not in BEST})  # W&B keeps define_metric's best
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
     runfiles.write_json(out / runfiles.SUMMARY, summary)
-    if args.log_model and summary["status"] != runfiles.PREEMPTED and (out / runfiles.MODEL).exists():  # at the end
+    ended = summary["status"] not in RESUMABLE  # a run that resumes uploads its model at its end
+    if args.log_model and ended and (out / runfiles.MODEL).exists():
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
         artifact.add_file(str(out / runfiles.MODEL))
         run.log_artifact(artifact, aliases=["best"])
+    if summary["status"] == runfiles.FAILED:  # bad data met mid-stream: main() prints the one line
+        run.finish(exit_code=2)
+        return
     if summary["status"] == runfiles.PREEMPTED:
         run.mark_preempting()  # W&B's agent requeues the run; the same command resumes it from out/checkpoint
         print(f"preempted: checkpoint in {out / runfiles.CHECKPOINT}; run the same command to resume", flush=True)
@@ -1067,6 +1116,10 @@ def main(argv=None):
         print(f"train.py: {e}", file=sys.stderr)
         return None
     summary = training.finish(training.train())
+    if summary["status"] == runfiles.FAILED:
+        print(f"train.py: error: {summary['error']}; then run the same command to resume "
+              f"(checkpoint in {training.out / runfiles.CHECKPOINT})", file=sys.stderr)
+        sys.exit(2)
     if summary["status"] == runfiles.PREEMPTED:  # non-zero, as W&B's agent expects of a run it should requeue
         sys.exit(128 + training.preemption.signal)
     return summary

@@ -39,6 +39,12 @@ def inspect_wandb(run_dir):
     return json.loads(out.stdout)
 
 
+@pytest.fixture(autouse=True)
+def decoded_cache(tmp_path_factory, monkeypatch):
+    """train.py's decoded image cache (data.default_cache_dir) goes to the session's temp folder, never ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg_cache"))
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, so no W&B credentials

@@ -143,11 +143,11 @@ def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
     import torch
     from safetensors.torch import load_file
     args = train.parse_args([*TINY])
-    splits, classes = data.load_splits(args)
+    loaded = data.load_data(args)
     model = timm.create_model("resnet10t", num_classes=10, in_chans=1)
     model.load_state_dict(load_file(workdir / "out/model.safetensors"))
     model.eval()
-    _, _, test = data.build_datasets(args, splits, timm.data.resolve_model_data_config(model), torch.device("cpu"))
+    test = loaded.loaders(args, timm.data.resolve_model_data_config(model), torch.device("cpu"), 1)[2].dataset
     with torch.no_grad():
         x, y = test.__getitems__(range(len(test)))
         logits = model(x)

@@ -113,7 +113,7 @@ def test_activation_memory_doubles_with_the_batch(workdir):
 
 def test_label_noise_changes_only_training_labels_fixed_by_seed():
     def splits(noise, seed=0):
-        return data.load_splits(train.parse_args([f"--label_noise={noise}", f"--seed={seed}"]))[0]
+        return data.load_data(train.parse_args([f"--label_noise={noise}", f"--seed={seed}"])).splits
 
     clean, noisy, again, other = splits(0), splits(0.2), splits(0.2), splits(0.2, seed=1)
     changed = clean["train"][1] != noisy["train"][1]
