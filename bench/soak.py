@@ -250,7 +250,7 @@ def cycle(tmp, out, duration, rng, tally):
             if problem:
                 fail(tally, kind, f"{out.name} after {how if sent else 'no interruption'}: {problem}")
         summary = runfiles.read_json(out / runfiles.SUMMARY) or {}
-        if proc.returncode == 0 and summary.get("status") == "finished":
+        if proc.returncode == 0 and summary.get("status") == runfiles.FINISHED:
             return summary
 
 
