@@ -7,6 +7,7 @@ reads and writes history.csv, results.csv and a checkpoint's progress.json. It i
 sweep.py and report.py can use it without torch.
 """
 
+import contextlib
 import csv
 import dataclasses
 import fnmatch
@@ -77,12 +78,23 @@ def is_metric(key, among=POINT_METRICS + RUN_METRICS):
 # ----------------------------------------------------------------------------------------------
 # JSON and history.csv, replaced atomically
 
-def write_json(path, data):
-    """Atomically: a reader, or a kill, never leaves half a file."""
+@contextlib.contextmanager
+def replacing(path):
+    """-> a file to write beside path, then renamed over it: a reader or a kill never sees half a file, and a
+    writer that fails (a full disk) leaves no partial one behind."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, data):
+    """Atomically: a reader, or a kill, never leaves half a file."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path):
@@ -96,13 +108,10 @@ def read_json(path):
 def write_csv(path, rows, columns, **dialect):
     """Rows (dicts; a missing cell is empty) under a header of columns, replaced atomically: no partial row,
     no row twice, whatever kills the writer."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), restval="", **dialect)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def write_history(path, rows):
@@ -179,6 +188,7 @@ class Progress:
     clock: dict = dataclasses.field(default_factory=lambda: {"train": 0.0, "eval": 0.0, "precise_bn": 0.0})  # s
     interval_s: float = 0.0  # seconds of training since the last evaluation point
     activations_mb: float = math.nan  # memory/activations_mb, measured in the first step
+    samples_per_rank: list | None = None  # data/samples_per_rank: images each rank trained in the first epoch
 
 
 def has_checkpoint(out):
@@ -201,10 +211,20 @@ def checkpoint_tmp(out):
     return Path(out) / (CHECKPOINT + ".tmp")
 
 
-def finish_cut_swap(out):
-    """A whole checkpoint.tmp beside no whole checkpoint/: a kill cut the swap short; finish it."""
+def finish_cut_writes(out):
+    """What a kill or a full disk left half done in a run folder: a whole checkpoint.tmp beside no whole
+    checkpoint/ (the swap was cut short) is swapped in; a partial one (no progress.json), checkpoint.old and any
+    other file or folder written beside its final name (*.tmp) are removed."""
+    out = Path(out)
     if not has_checkpoint(out) and (checkpoint_tmp(out) / PROGRESS).exists():
         swap_in_checkpoint(out)
+    remove_checkpoint(checkpoint_tmp(out))
+    remove_checkpoint(out / (CHECKPOINT + ".old"))
+    for tmp in out.glob("*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink()
 
 
 def swap_in_checkpoint(out):

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ import wandb
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 import runfiles
@@ -56,10 +58,12 @@ from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, loa
 # Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
             "device", "num_classes", "train_size", "val_size", "test_size", "label_noise_changed",
-            "examples_per_epoch", "updates_per_epoch", "data_path", "data_path_why", "data_workers", "augmentation")
+            "examples_per_epoch", "updates_per_epoch", "data_path", "data_path_why", "data_workers", "augmentation",
+            "git_commits")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
-             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir")
+             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir", "allow_code_change")
+CODE = ("git_commit", "git_dirty")  # what a resume checks of the code, unless --allow_code_change
 RESUMABLE = (runfiles.PREEMPTED, runfiles.FAILED)  # a checkpoint stays: the same command resumes
 BEST = {"val/acc": "max", "val/loss": "min"}  # summary.json's and W&B's val/acc and val/loss: the best point's
 BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
@@ -224,6 +228,8 @@ def build_parser():
     flag("--wandb_group", default="", help="default: $WANDB_RUN_GROUP")
     flag("--wandb_tags", type=tag_list, default="", help="comma-separated")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
+    switch(infra, "--allow_code_change", "resume a checkpoint made by other code (another git commit, or "
+           "uncommitted changes); config.json's git_commits then lists every commit the run trained under")
     flag("--workers", "--num_workers", type=whole(0), default=None,
          help="data-loading processes; default 0 in memory (none needed), min(4, cores) streaming")
     flag("--cache_dir", default="", help="where image folders decoded for memory are kept "
@@ -685,7 +691,8 @@ class Training:
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh), its W&B run and self.state."""
         args, acc = self.args, self.accelerator
-        self.config = {**vars(args), **versions(), **git_info(), "global_batch_size": self.global_batch,
+        self.code = git_info()
+        self.config = {**vars(args), **versions(), **self.code, "global_batch_size": self.global_batch,
                        "num_processes": acc.num_processes, "device": device_name(acc),
                        "num_classes": len(self.classes), **self.sizes, "updates_per_epoch": self.updates_per_epoch,
                        "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
@@ -706,41 +713,64 @@ class Training:
         if self.out is None:  # runs/<W&B's folder name>, the same on every rank
             self.out = Path(broadcast_object_list([str(Path("runs") / run_folder(self.run)) if self.main else None])[0])
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not resumed:  # a fresh start: nothing of an earlier attempt stays beside it
-                for name in (runfiles.HISTORY, runfiles.SUMMARY, runfiles.MODEL):
-                    (self.out / name).unlink(missing_ok=True)
-            runfiles.write_json(self.out / runfiles.CONFIG, self.config)
-            if resumed:
-                runfiles.write_history(self.out / runfiles.HISTORY, self.history)  # drops rows past the checkpoint
-                # the preempted part's summary: once this part trains past it, it describes nothing in the folder
-                (self.out / runfiles.SUMMARY).unlink(missing_ok=True)
-                print(f"resuming {self.out} at epoch {resumed.epoch + 1}, batch {resumed.step}", flush=True)
+            with writing(self.out):
+                self.start_files(resumed)
+
+    def start_files(self, resumed):
+        """The output folder as this start of the run begins it; on resume, W&B gets again the points it lost."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not resumed:  # a fresh start: nothing of an earlier attempt stays beside it
+            for name in (runfiles.HISTORY, runfiles.SUMMARY, runfiles.MODEL):
+                (self.out / name).unlink(missing_ok=True)
+        runfiles.write_json(self.out / runfiles.CONFIG, self.config)
+        if resumed:
+            runfiles.write_history(self.out / runfiles.HISTORY, self.history)  # drops rows past the checkpoint
+            # the preempted part's summary: once this part trains past it, it describes nothing in the folder
+            (self.out / runfiles.SUMMARY).unlink(missing_ok=True)
+            lost = relog_lost_points(self.run, self.history)
+            print(f"resuming {self.out} at epoch {resumed.epoch + 1}, batch {resumed.step}"
+                  + (f"; {lost} points W&B had lost logged again" if lost else ""), flush=True)
 
     def trained_flags(self):
-        """The resolved flags that change what is trained: a resume must give the same."""
-        return {k: v for k, v in vars(self.args).items() if k not in REPORTING}
+        """What changes what is trained, which a resume must give the same: the resolved flags, the processes and
+        the global batch they make, and the code (git_commit, git_dirty)."""
+        return {**{k: v for k, v in vars(self.args).items() if k not in REPORTING},
+                "num_processes": self.accelerator.num_processes, "global_batch_size": self.global_batch, **self.code}
 
     def check_folder(self):
         """A checkpoint in the output folder means a stopped run to resume with the same flags: -> its Progress.
         A summary without one, a run that already ended (raises Done); else None."""
         out = self.out
         if self.main:
-            runfiles.finish_cut_swap(out)
+            runfiles.finish_cut_writes(out)
         self.accelerator.wait_for_everyone()
         progress = runfiles.read_progress(out)
         summary = runfiles.read_json(out / runfiles.SUMMARY)
-        if not progress and summary and summary.get("status") != runfiles.PREEMPTED:
-            raise Done(f"{out} already holds a run that ended ({summary.get('status')}): nothing to do; delete the "
-                       "folder or choose another --output_dir to run again")
+        if not progress and summary and summary.get("status") not in RESUMABLE:
+            raise Done(out, summary, self.main)
         if progress:
-            then, now = progress.flags, self.trained_flags()
-            differ = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
-            if differ:
-                was = ", ".join(f"{k}={then.get(k)}" for k in differ)
-                raise ConfigError(f"{out} holds a checkpoint of a run with {was}; resume it with the same flags, "
-                                  "or choose another --output_dir to start a new run")
+            self.check_resume(progress)
         return progress
+
+    def check_resume(self, progress):
+        """A resume with other flags, processes or code would blend two runs: refused in one line naming each
+        difference. Code accepted with --allow_code_change is recorded: config.json's git_commits."""
+        out, then, now = self.out, progress.flags, self.trained_flags()
+        differ = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+        code = [k for k in differ if k in CODE]
+        refused = [k for k in differ if k not in CODE or not self.args.allow_code_change]
+        if refused:
+            was = ", ".join(f"{k}={then.get(k)}" for k in refused)
+            how = "the same flags" + (" and number of processes" if "num_processes" in refused else "")
+            code_fix = ", add --allow_code_change to resume under this code" if set(refused) & set(CODE) else ""
+            raise ConfigError(f"{out} holds a checkpoint of a run with {was}; resume it with {how}{code_fix}, or "
+                              "choose another --output_dir to start a new run")
+        commits = (runfiles.read_json(out / runfiles.CONFIG) or {}).get("git_commits") or [then.get("git_commit")]
+        if code:
+            commits = [*commits, now["git_commit"]] if now["git_commit"] != commits[-1] else commits
+            then.update({k: now[k] for k in CODE})  # what the next checkpoint of this run records
+        if len(commits) > 1:
+            self.config["git_commits"] = commits
 
     def train(self):
         """The epoch loop, from where self.state is; -> the summary."""
@@ -751,8 +781,8 @@ class Training:
             while state.epoch < self.args.epochs:
                 self.train_epoch(summary)
                 state.epoch, state.step = state.epoch + 1, 0
-        except BadData as e:  # met mid-stream: the run can go on from its last whole update once the file is fixed
-            self.bad_data(e, summary)
+        except (BadData, WriteError) as e:  # the run can go on from its last whole update once that is fixed
+            self.failed(e, summary)
         except Stop as stop:
             self.stopped(stop, summary)
         return summary
@@ -779,9 +809,9 @@ class Training:
                 break
             if self.stopping:  # a whole update is done: its state can be saved
                 raise Stop(runfiles.PREEMPTED, state.step)
-        if state.epoch == 0 and not self.resumed:  # proves the data is sharded: each rank trains on its own part
-            summary["data/samples_per_rank"] = acc.gather(
-                torch.tensor([state.step * args.batch_size], device=acc.device)).tolist()
+        if state.epoch == 0:  # proves the data is sharded: each rank trains on its own part
+            samples = torch.tensor([state.step * args.batch_size], device=acc.device)
+            state.samples_per_rank = acc.gather(samples).tolist()
 
     def stopped(self, stop, summary):
         """Training ended early: the summary says how and where; a preempted run saves its checkpoint."""
@@ -797,14 +827,18 @@ class Training:
             state.examples += int(self.accelerator.reduce(self.sums)[2].item())
         state.clock["train"] += elapsed
 
-    def bad_data(self, error, summary):
-        """An image met mid-stream cannot be read: status failed, and a checkpoint at the last whole update, from
-        which the same command resumes once the file is fixed."""
+    def failed(self, error, summary):
+        """An image met mid-stream cannot be read, or a file of the run cannot be written (a full disk): status
+        failed. An image: a checkpoint at the last whole update, from which the same command resumes once the
+        file is fixed. A full disk has no room for one: the same command resumes from an earlier checkpoint, if
+        any, or starts again."""
         state = self.state
         state.step -= state.step % self.args.grad_accum_steps
         self.optimizer.zero_grad()
         summary.update({"status": runfiles.FAILED, "error": str(error), "stop/epoch": state.epoch + 1,
                         "stop/step": state.step})
+        if isinstance(error, WriteError):  # at an evaluation point, whose interval is already counted
+            return
         elapsed = time.perf_counter() - self.t0
         saved = self.save_checkpoint(elapsed)
         summary.update({"checkpoint_error": saved} if saved else {})
@@ -879,18 +913,42 @@ class Training:
                     **self.noise.interval()})
         best = min((h["val/loss"] for h in self.history), default=math.inf)
         self.history.append(row)
-        if row["val/loss"] < best:  # the best model so far, on every rank's call; the main process writes
-            acc.save_model(self.model, self.out)
-        if self.main:
-            self.run.log(row)
-            runfiles.write_history(self.out / runfiles.HISTORY, self.history)
-            tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        self.record(row, row["val/loss"] < best)
         self.t0 = time.perf_counter()
         reached = args.target_val_acc and row["val/acc"] >= args.target_val_acc
         if reached and args.stop_at_target:
             raise Stop(runfiles.REACHED_TARGET, step)
         if args.early_stopping_patience and points_since_best(self.history) >= args.early_stopping_patience:
             raise Stop(runfiles.EARLY_STOPPED, step)
+
+    def record(self, row, best):
+        """The point in history.csv and W&B, then, if it is the best so far, its model, written beside and renamed
+        so that a kill or a full disk never leaves half a model. A file that cannot be written (a full disk)
+        raises WriteError on every rank, so that none waits for another, and the point is not kept."""
+        acc, tmp = self.accelerator, self.out / (runfiles.MODEL + ".tmp")
+        error, kept = "", False
+        try:
+            if self.main:
+                with writing(self.out / runfiles.HISTORY):
+                    runfiles.write_history(self.out / runfiles.HISTORY, self.history)
+                kept = True
+                self.run.log(row)
+                tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
+            if best:
+                with writing(self.out / runfiles.MODEL):
+                    acc.save_model(self.model, tmp)  # every rank's call; the main one writes
+        except WriteError as e:
+            error = str(e)
+        if acc.num_processes > 1:  # every rank has made tmp by now, and learns the main one's error
+            error = broadcast_object_list([error])[0]
+        if self.main:
+            if best and not error:
+                os.replace(tmp / runfiles.MODEL, self.out / runfiles.MODEL)
+            shutil.rmtree(tmp, ignore_errors=True)
+        if error:
+            if self.main and not kept:
+                self.history.pop()  # history.csv does not have it: neither does the summary
+            raise WriteError(error)
 
     def evaluate(self, loader, prefix):
         """evaluate(), after precise BN when asked; both timed apart from training. Raises Stop (oom)."""
@@ -988,7 +1046,8 @@ class Training:
                "time/train_s": train_s, "time/eval_s": state.clock["eval"],
                "time/precise_bn_s": state.clock["precise_bn"],
                "throughput/train_img_s": state.examples / train_s if train_s else nan,
-               "memory/activations_mb": state.activations_mb}
+               "memory/activations_mb": state.activations_mb,
+               **({"data/samples_per_rank": state.samples_per_rank} if state.samples_per_rank else {})}
         if self.args.target_val_acc:
             hit = next((r for r in h if r["val/acc"] >= self.args.target_val_acc), {})
             out.update({f"target/{k}": hit.get(key, nan) for k, key in
@@ -1000,7 +1059,27 @@ class Training:
 
 
 class Done(Exception):
-    """The output folder holds a run that already ended: the same command again has nothing to do."""
+    """The output folder holds a run that already ended: the same command again completes W&B's record of it if
+    that was cut short (complete_wandb), and else has nothing to do."""
+
+    def __init__(self, out, summary, main):
+        super().__init__(f"{out} already holds a run that ended ({summary.get('status')}): nothing to do; delete the "
+                         "folder or choose another --output_dir to run again")
+        self.out, self.summary, self.main = out, summary, main
+
+
+class WriteError(ConfigError):
+    """A file of the run cannot be written (a full disk, a disk gone read-only): free the disk, then run the same
+    command. Before training, a one-line error; during it, status failed."""
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an error writing the run's file or folder `path` into WriteError, naming it."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        raise WriteError(f"cannot write {path}: {e.strerror if isinstance(e, OSError) else e}") from None
 
 
 def create_optimizer(args, model):
@@ -1237,7 +1316,8 @@ def git_info():
         commit = git("rev-parse", "HEAD")  # fails in a repository without commits
         if commit.returncode != 0:
             return unknown
-        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(git("status", "--porcelain").stdout.strip())}
+        changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()  # not run folders made here
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(changed)}
     except (OSError, subprocess.SubprocessError):
         return unknown
 
@@ -1257,7 +1337,11 @@ def wandb_summary(summary):
 def finish_run(args, run, out, summary, signum):
     """summary.json first, so that a W&B that fails or is killed never costs the run's record; then W&B's."""
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
-    runfiles.write_json(out / runfiles.SUMMARY, summary)
+    try:
+        with writing(out / runfiles.SUMMARY):
+            runfiles.write_json(out / runfiles.SUMMARY, summary)
+    except WriteError as e:  # a full disk: the run's end is then W&B's only, and the same command runs it again
+        summary.update({"status": runfiles.FAILED, "error": summary.get("error") or str(e)})
     run.update_summary(wandb_summary(summary))
     ended = summary["status"] not in RESUMABLE  # a run that resumes uploads its model at its end
     if args.log_model and ended and (out / runfiles.MODEL).exists():
@@ -1295,6 +1379,15 @@ def after_wandb_failed(args, out, summary, error):
     return f"W&B's record of this run is incomplete ({error}); run the same command to complete it"
 
 
+def complete_ended(args, done):
+    """-> what the same command did for a run that had ended: completed W&B's record, or nothing."""
+    try:
+        return (complete_wandb(args, done.out, done.summary) if done.main else "") or str(done)
+    except (OSError, wandb.Error) as e:
+        return f"{done.out} holds a run that ended, but W&B's record of it could not be completed now " \
+               f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); run the same command again later"
+
+
 def main(argv=None):
     logging.raiseExceptions = False  # W&B's debug log on a full disk: not a traceback for every line it drops
     try:
@@ -1304,16 +1397,17 @@ def main(argv=None):
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Done as e:
-        print(f"train.py: {e}", file=sys.stderr)
+    except Done as e:  # W&B's record of it completed, if a kill or a failure had cut it short
+        print(f"train.py: {complete_ended(args, e)}", file=sys.stderr)
         return None
     summary = training.finish(training.train())
     # The run's records are final. A SIGTERM from here on, say in the interpreter's teardown after Python has
     # put back the default handlers, would only turn a finished run's exit code into -15.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if summary["status"] == runfiles.FAILED:
-        print(f"train.py: error: {summary['error']}; then run the same command to resume "
-              f"(checkpoint in {training.out / runfiles.CHECKPOINT})", file=sys.stderr)
+        then = (f"resume (checkpoint in {training.out / runfiles.CHECKPOINT})"
+                if runfiles.has_checkpoint(training.out) else "start it again (no checkpoint)")
+        print(f"train.py: error: {summary['error']}; then run the same command to {then}", file=sys.stderr)
         sys.exit(2)
     if summary["status"] == runfiles.PREEMPTED:  # non-zero, as W&B's agent expects of a run it should requeue
         sys.exit(128 + training.preemption.signal)

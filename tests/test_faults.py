@@ -430,27 +430,29 @@ def test_a_full_disk_under_the_run_is_a_status_and_leaves_nothing_half_written(w
     # room for config.json and history.csv, not for the best model (19 MB): safetensors' write fails
     small = tmpfs("small", "8m")
     res = run([str(ROOT / "train.py"), *FLAGS, f"--output_dir={small}/out"], cwd=workdir, env=env)
-    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr, res.stderr[-3000:]
+    assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr, res.stderr[-3000:]
+    assert res.stderr.startswith("train.py: error: ") and "No space left on device" in res.stderr
     s = summary_of(small / "out")
-    assert s["status"] == "disk_full" and "model.safetensors" in s["disk_error"]
-    assert "No space left on device" in s["disk_error"] and "No space left on device" in res.stdout + res.stderr
+    assert s["status"] == "failed" and "model.safetensors" in s["error"] and "No space left" in s["error"]
     assert sorted(p.name for p in (small / "out").iterdir()) == ["config.json", "history.csv", "summary.json"]
+    assert points(small / "out") == [2]  # the point was measured; only its model could not be saved
     recorded = json.loads(subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--summary", "--json",
                                           s["wandb_run_dir"]], capture_output=True, text=True).stdout)
-    assert recorded["summary"]["status"] == "disk_full" and recorded["exit_code"] == 1
+    assert recorded["summary"]["status"] == "failed" and recorded["exit_code"] == 2
 
-    # the disk fills while the run is under way: the next file it writes fails, even summary.json
+    # the disk fills while the run is under way: the next file it writes fails, and summary.json too
     disk = tmpfs("disk", "64m")
     proc = launch([*FLAGS, f"--output_dir={disk}/out"], workdir, env)
     wait_for(lambda: points(disk / "out"), proc)
     fill(disk)
     printed = finish(proc)
-    assert proc.returncode == 1 and "No space left on device" in printed, printed[-3000:]
+    assert proc.returncode == 2 and "No space left on device" in printed, printed[-3000:]
     assert points(disk / "out") in ([2], [2, 4])  # history.csv whole, as last written
-    assert not list((disk / "out").glob("*.tmp")) and not (disk / "out/checkpoint.tmp").exists()
+    assert sorted(p.name for p in (disk / "out").iterdir()) == ["config.json", "history.csv", "model.safetensors"]
     (disk / "filler").unlink()
     again = run([str(ROOT / "train.py"), *FLAGS, f"--output_dir={disk}/out"], cwd=workdir, env=env)
     assert again.returncode == 0 and summary_of(disk / "out")["status"] == "finished", again.stderr[-3000:]
+    assert_no_leftovers(disk / "out")
 
 
 @pytest.mark.slow
