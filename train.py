@@ -257,6 +257,9 @@ def load_config_file(parser, path):
         raise ConfigError(f"cannot read --config {path}: {e}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must be a mapping of flag names to values")
+    if "parameters" in values and ("method" in values or "program" in values):
+        raise ConfigError(f"--config {path} is a W&B sweep file: run it with `python sweep.py {path}` or "
+                          "`wandb sweep`; --config takes flag: value lines")
     values = {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in values.items()
               if k not in ("wandb_version", "_wandb", "config")}  # W&B's keys, and the file a run was given
     skipped = sorted(k for k in values if k in RECORDED)
@@ -313,6 +316,9 @@ def check_args(a):
         if not ok:
             raise ConfigError(message)
     check_output_dir(a.output_dir or Path("runs") / a.run_name)
+    if (a.wandb_mode or os.environ.get("WANDB_MODE")) == "online" and not wandb.login(prompt=False, verify=False):
+        raise ConfigError("W&B online mode needs an API key: run `wandb login` or set WANDB_API_KEY, or use "
+                          "--wandb_mode offline (uploaded later with wandb sync)")
     a.wandb_tags = ",".join(tags)
     if a.momentum is not None and a.optimizer.lower() in timm.optim.list_optimizers():
         if not timm.optim.get_optimizer_info(a.optimizer.lower()).has_momentum:

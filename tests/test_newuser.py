@@ -301,6 +301,19 @@ def test_values_at_the_edge_of_their_types_are_one_line_before_anything_starts(w
     assert words in err
 
 
+def test_a_sweep_file_given_as_config_says_what_runs_it(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    err = refused_in_process(["--config", str(ROOT / "sweeps/lab1_lr.yaml"), "--output_dir=out"], workdir, capsys)
+    assert "is a W&B sweep file" in err and "sweep.py" in err
+
+
+def test_wandb_online_without_an_api_key_is_one_line_before_anything_starts(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    err = refused_in_process([*TINY, "--wandb_mode=online", "--output_dir=out"], workdir, capsys)
+    assert "wandb login" in err and "--wandb_mode offline" in err
+
+
 def test_the_edges_themselves_are_taken(tmp_path):
     assert train.parse_args(["--seed=4294967295"]).seed == 2**32 - 1
     args = train.parse_args(["--batch_size=1", "--model_kwargs=norm_layer=groupnorm1"])
