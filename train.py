@@ -38,15 +38,17 @@ from pathlib import Path
 import yaml
 
 import runfiles
-from data import DATASETS, ConfigError, build_datasets, keep_batch, load_splits
+from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, load_data, pair
 
 # Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
             "device", "num_classes", "train_size", "val_size", "test_size", "label_noise_changed",
-            "examples_per_epoch", "updates_per_epoch")
+            "examples_per_epoch", "updates_per_epoch", "data_path", "data_path_why", "data_workers", "augmentation")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
-             "wandb_tags", "log_model", "num_workers")
+             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir")
+RESUMABLE = (runfiles.PREEMPTED, runfiles.FAILED)  # a checkpoint stays: the same command resumes
+BEST = {"val/acc": "max", "val/loss": "min"}  # summary.json's and W&B's val/acc and val/loss: the best point's
 BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
 
 
@@ -124,6 +126,11 @@ def number(low, high, low_open=False, high_open=True, example="0.1"):
 positive = number(0, math.inf, low_open=True, example="0.001")
 
 
+def tag_list(text):
+    """' a , b ,' -> 'a,b': W&B tags, comma-separated, blanks dropped."""
+    return ",".join(t.strip() for t in str(text).split(",") if t.strip())
+
+
 def model_kwargs(text):
     """'key=value,key=value' -> dict, values read as Python literals else kept as text (timm's --model-kwargs)."""
     out = {}
@@ -166,8 +173,12 @@ def build_parser():
               "(default: none)")
     switch(hp, "--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
     flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained (default: none)")
-    flag("--dataset", default="digits", choices=DATASETS, help="digits ships with scikit-learn: no download")
-    flag("--data_dir", default="data", help="root of torchvision datasets, or the imagefolder folder")
+    flag("--dataset", default="digits", choices=list(DATASETS),
+         help="digits ships with scikit-learn: no download; imagefolder and wds read --data_dir")
+    flag("--data_dir", default="data", help="root of torchvision datasets, the imagefolder folder, or the wds shards")
+    flag("--data_in_memory", default="auto", choices=("auto", "true", "false"),
+         help="hold the decoded data in memory (on the GPU when there is one), or stream it through timm's "
+              "transforms in --workers processes; auto: in memory when it fits 1/4 of the free memory")
     switch(hp, "--download", "let torchvision download the dataset (needs network)")
     flag("--img_size", type=whole(8, 2**14), default=16, help="pixels; images are resized to img_size x img_size")
     flag("--train_samples", type=whole(0), default=0, help="use only this many training images; 0 = all")
@@ -198,7 +209,22 @@ def build_parser():
     flag("--clip_grad", type=number(0, math.inf, example="1.0"), default=0.0, help="max gradient norm; 0 = off")
     flag("--mixed_precision", default=None, choices=("no", "fp16", "bf16"),
          help="fp16 needs a CUDA GPU (default: accelerate launch's or accelerate config's setting, else no)")
-    flag("--seed", type=whole(0, 2**32 - 1), default=0, help="fixes the split, the label noise, the init and the batch order")
+    flag("--seed", type=whole(0, 2**32 - 1), default=0,  # numpy's seeds are 32-bit
+         help="fixes the split, the label noise, the init and the batch order")
+
+    aug = p.add_argument_group("augmentation (named as timm's train.py names it; all off by default)")
+    flag = aug.add_argument
+    flag("--hflip", type=number(0, 1, high_open=False, example="0.5"), default=0.0,
+         help="probability of a horizontal flip")
+    flag("--scale", type=pair, default=None,
+         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1")
+    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default 0.75,1.33)")
+    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original")
+    flag("--reprob", type=number(0, 1, high_open=False, example="0.25"), default=0.0,
+         help="random-erasing probability")
+    flag("--mixup", type=number(0, math.inf, example="0.8"), default=0.0, help="mixup alpha; 0 = off")
+    flag("--cutmix", type=number(0, math.inf, example="1.0"), default=0.0, help="cutmix alpha; 0 = off")
+    flag = hp.add_argument
     switch(hp, "--noise_scale", "log the gradient noise scale noise/b_simple (needs grad_accum_steps >= 2)")
     flag("--early_stopping_patience", type=whole(0), default=0,
          help="stop after this many evaluation points without a lower val/loss, and test the best point's "
@@ -227,9 +253,12 @@ def build_parser():
     flag("--wandb_project", default="lab1", help="W&B project")
     flag("--wandb_entity", default="", help="W&B user or team (default: your default entity)")
     flag("--wandb_group", default="", help="(default: $WANDB_RUN_GROUP)")
-    flag("--wandb_tags", default="", help="comma-separated (default: none)")
+    flag("--wandb_tags", type=tag_list, default="", help="comma-separated (default: none)")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
-    flag("--num_workers", type=whole(0, 1024), default=0, help="loader workers; in-memory data needs none")
+    flag("--workers", "--num_workers", type=whole(0, 1024), default=None,
+         help="data-loading processes (default: 0 in memory, none needed; min(4, cores) streaming)")
+    flag("--cache_dir", default="", help="where image folders decoded for memory are kept "
+         "(default: $XDG_CACHE_HOME/lab1/decoded, else ~/.cache/lab1/decoded)")
     switch(infra, "--cpu", "train on the CPU even when a GPU is present")
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
@@ -267,6 +296,7 @@ def load_config_file(parser, path):
         print(f"train.py: --config {path}: ignoring {', '.join(skipped)} (recorded by a run, not flags)",
               file=sys.stderr)
     actions = {a.dest: a for a in parser._actions}
+    actions.update({s.lstrip("-"): a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     out = {}
     for key, value in values.items():
         if key in RECORDED:
@@ -275,10 +305,12 @@ def load_config_file(parser, path):
             raise ConfigError(f"unknown key {key!r} in --config {path}; use the flag names of --help")
         if key == "model_kwargs" and isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
+        if actions[key].type is pair and isinstance(value, list):  # a run's config.json records (0.08, 1) as a list
+            value = ",".join(map(str, value))
         if isinstance(value, (list, dict)):
             raise ConfigError(f"{key} in --config {path} is a list or mapping; a flag takes one value "
                               "(lists of values to try belong in a sweep file)")
-        action = actions[key]
+        action, key = actions[key], actions[key].dest  # an old name (num_workers) sets its flag (workers)
         try:
             out[key] = action.type(value) if action.type and value is not None else value
         except (ValueError, argparse.ArgumentTypeError) as e:
@@ -290,18 +322,22 @@ def load_config_file(parser, path):
 
 def check_args(a):
     """The mistakes a user can make in flags alone, each with its fix."""
-    tags = [t.strip() for t in a.wandb_tags.split(",") if t.strip()]
     rules = [
         (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
-        (a.dataset in ("digits", "synthetic") or a.download or Path(a.data_dir).exists(),
+        (not DATASETS[a.dataset].reads_data_dir or a.download or Path(a.data_dir).exists(),
          f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
         (a.pretrained or not a.pretrained_path,
          f"--pretrained_path {a.pretrained_path} is read only with --pretrained: add --pretrained, or drop the path"),
-        (all(len(t) <= 64 for t in tags), "W&B tags are at most 64 characters; shorten --wandb_tags"),
+        (all(len(t) <= 64 for t in a.wandb_tags.split(",")),
+         "W&B tags are at most 64 characters; shorten --wandb_tags"),
         ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
         (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
         (a.lr is None or a.lr_base is None, "give --lr or --lr_base, not both"),
+        (not (a.mixup or a.cutmix) or a.batch_size % 2 == 0,
+         "--mixup and --cutmix pair each image with another of its batch: use an even --batch_size"),
+        (not a.aa or valid_aa(a.aa), f"--aa {a.aa!r} is not a timm augmentation spec; try rand-m9-mstd0.5-inc1, "
+         "augmix-m5-w3, or original"),
         (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
                                                                                   and not a.cpu),
          "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision no (bf16 runs on a CPU too, "
@@ -316,10 +352,11 @@ def check_args(a):
         if not ok:
             raise ConfigError(message)
     check_output_dir(a.output_dir or Path("runs") / a.run_name)
+    if a.cache_dir:
+        check_output_dir(a.cache_dir, "--cache_dir")
     if (a.wandb_mode or os.environ.get("WANDB_MODE")) == "online" and not wandb.login(prompt=False, verify=False):
         raise ConfigError("W&B online mode needs an API key: run `wandb login` or set WANDB_API_KEY, or use "
                           "--wandb_mode offline (uploaded later with wandb sync)")
-    a.wandb_tags = ",".join(tags)
     if a.momentum is not None and a.optimizer.lower() in timm.optim.list_optimizers():
         if not timm.optim.get_optimizer_info(a.optimizer.lower()).has_momentum:
             raise ConfigError(f"--optimizer {a.optimizer} takes no momentum (its betas play that part); "
@@ -355,16 +392,42 @@ def check_output_dir(path, name="--output_dir"):
                               f"bytes; at most {limit}); give a shorter --output_dir or --run_name")
 
 
+def valid_aa(spec):
+    try:
+        timm.data.create_transform(32, is_training=True, auto_augment=spec)
+        return True
+    except Exception:  # timm's parsers raise AssertionError, KeyError or ValueError for a bad spec
+        return False
+
+
 def launcher_setting(flag, name, default):
     """A flag left unset defers to `accelerate launch` / `accelerate config`, which pass ACCELERATE_<NAME>."""
     return flag if flag is not None else os.environ.get(f"ACCELERATE_{name}", default)
 
 
-def resolve_accelerate(args, accelerator):
-    """Record what Accelerate actually uses, flags and launcher settings resolved."""
-    args.mixed_precision = accelerator.mixed_precision
-    args.grad_accum_steps = accelerator.gradient_accumulation_steps
-    args.compile = accelerator.state.dynamo_plugin.backend.value.lower() != "no"
+def make_accelerator(args):
+    plugin = GradientAccumulationPlugin(num_steps=args.grad_accum_steps) if args.grad_accum_steps else None
+    return Accelerator(
+        cpu=args.cpu or not torch.cuda.is_available(),  # cpu=True: real gloo ranks on a CPU machine
+        mixed_precision=args.mixed_precision,  # None: what `accelerate launch` or `accelerate config` set
+        gradient_accumulation_plugin=plugin,
+        dynamo_backend=None if args.compile is None else "inductor" if args.compile else "no",
+        # the shuffle order depends on (seed, epoch) only, so a resumed epoch repeats it
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed))
+
+
+def resolve(flags, accelerator, updates_per_epoch):
+    """The configuration the run trains with (config.json records it), computed once; the flags stay as given.
+    What Accelerate resolved: mixed precision, accumulation steps and compile, flags and launcher settings
+    together; the peak lr (from --lr_base: the linear scaling rule); the epochs --max_updates starts."""
+    accum = accelerator.gradient_accumulation_steps
+    global_batch = flags.batch_size * accelerator.num_processes * accum
+    return argparse.Namespace(**{
+        **vars(flags),
+        "mixed_precision": accelerator.mixed_precision, "grad_accum_steps": accum,
+        "compile": accelerator.state.dynamo_plugin.backend.value.lower() != "no",
+        "lr": flags.lr_base * global_batch / flags.lr_base_size if flags.lr_base else flags.lr or 2e-3,
+        "epochs": math.ceil(flags.max_updates / updates_per_epoch) if flags.max_updates else flags.epochs})
 
 
 if __name__ == "__main__":
@@ -494,6 +557,8 @@ class Stop(Exception):
     """Training ends before its last epoch: a status from runfiles.STATUSES, at batch `step` of the epoch."""
 
     def __init__(self, status, step, **info):
+        if status not in runfiles.STATUSES:
+            raise ValueError(f"Stop({status!r}): not a status word of runfiles.STATUSES")
         super().__init__(status)
         self.status, self.step, self.info = status, step, info
 
@@ -629,65 +694,52 @@ def average_batch_norm(accelerator, model):
 # A run: setup, the training loop, finish
 
 class Training:
-    """One run: its Accelerator, model, data, W&B run and output folder, and the counters the loop keeps."""
+    """One run: its Accelerator, model, data, W&B run and output folder. Where the loop is lives in one object,
+    self.state (runfiles.Progress: what a checkpoint's progress.json holds); the other attributes set in
+    __init__ are what the loop derives from it or measures between two evaluation points."""
 
-    def __init__(self, args):
+    def __init__(self, flags, preemption):
         # Everything a user can get wrong is checked before the first file is written.
-        self.args = args
-        self.build()
+        self.preemption = preemption
+        self.build(flags)
         self.open_folder()
+        acc, state = self.accelerator, self.state
+        # loss sum, correct, images since the last point, on the device; on resume the main rank carries them
+        self.sums = torch.tensor(state.sums if self.main else [0.0] * 3, device=acc.device)
+        self.t0 = None  # perf_counter() at the start of the interval since the last point
+        self.lr = self.optimizer.param_groups[0]["lr"]  # of the last update
+        self.noise = NoiseScale(self.args, acc)
+        self.bn_fresh_at = None  # the update at which batch norm was last recomputed
+        self.stopping = False  # every rank has agreed to stop after this update (a signal)
 
-    def build(self):
-        """Data, model, Accelerator, optimizer, loaders and schedule."""
-        args = self.args
-        set_seed(args.seed)
-        splits, self.classes = load_splits(args)
-        set_seed(args.seed)
-        model = create_model(args, len(self.classes), in_chans=splits["train"][0].shape[1])
-        plugin = GradientAccumulationPlugin(num_steps=args.grad_accum_steps) if args.grad_accum_steps else None
-        acc = self.accelerator = Accelerator(
-            cpu=args.cpu or not torch.cuda.is_available(),  # cpu=True: real gloo ranks on a CPU machine
-            mixed_precision=args.mixed_precision,  # None: what `accelerate launch` or `accelerate config` set
-            gradient_accumulation_plugin=plugin,
-            dynamo_backend=None if args.compile is None else "inductor" if args.compile else "no",
-            # the shuffle order depends on (seed, epoch) only, so a resumed epoch repeats it
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed))
-        resolve_accelerate(args, acc)
+    def build(self, flags):
+        """Data, model, Accelerator, loaders, the resolved configuration (self.args), optimizer and schedule."""
+        set_seed(flags.seed)
+        data = self.data = load_data(flags)
+        self.classes, self.sizes = data.classes, data.sizes
+        if int(os.environ.get("RANK", 0)) == 0:  # which path, and why, once (before the Accelerator exists)
+            print(f"data: {'in memory' if data.path == 'memory' else f'streamed by {data.workers} workers'}: "
+                  f"{data.why}" + (f"; {data.cache}" if data.cache else ""), flush=True)
+        set_seed(flags.seed)
+        model = create_model(flags, len(self.classes), in_chans=data.in_chans)
+        acc = self.accelerator = make_accelerator(flags)
         self.main = acc.is_main_process
         if acc.device.type == "cuda":
-            torch.backends.cudnn.benchmark = args.cudnn_benchmark
-        train_set, val_set, test_set = build_datasets(args, splits, timm.data.resolve_model_data_config(model),
-                                                      acc.device)
-        if args.channels_last:
+            torch.backends.cudnn.benchmark = flags.cudnn_benchmark
+        if flags.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.has_bn = bool(batch_norms(model))
         self.saved = SavedTensors(model)
-        global_batch = args.batch_size * acc.num_processes * args.grad_accum_steps
-        args.lr = args.lr_base * global_batch / args.lr_base_size if args.lr_base else args.lr or 2e-3
-        try:
-            optimizer = timm.optim.create_optimizer_v2(model, opt=args.optimizer, lr=args.lr,
-                                                       weight_decay=args.weight_decay,
-                                                       **({} if args.momentum is None else {"momentum": args.momentum}))
-        except (AssertionError, ImportError, ValueError) as e:  # CUDA-only or uninstalled optimizers
-            raise ConfigError(f"--optimizer {args.optimizer} cannot run here ({e}); try adamw or sgd") from None
-
-        def loader(ds, batch_size, shuffle=False, drop_last=False):
-            return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                               collate_fn=keep_batch, num_workers=args.num_workers)
-
-        eval_batch = max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
-        # The training loader drops a short last batch, as the reference scripts do: a batch of one image
-        # breaks batch norm, and every update then sees batch_size images.
-        self.model, self.optimizer, self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
-            model, optimizer, loader(train_set, args.batch_size, shuffle=True, drop_last=True),
-            loader(val_set, eval_batch), loader(test_set, eval_batch),
-            loader(train_set, max(1, min(eval_batch, len(train_set) // acc.num_processes)), drop_last=True))
+        self.mix = Mix(flags, len(self.classes))
+        self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
+            *data.loaders(flags, timm.data.resolve_model_data_config(model), acc.device, acc.num_processes))
         if len(self.train_dl) == 0:
-            raise ConfigError(f"--batch_size {args.batch_size} x {acc.num_processes} processes is more than the "
-                              f"{len(train_set)} training images; use a smaller --batch_size")
-        per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / args.grad_accum_steps)
-        if args.max_updates:  # the epochs it starts, the last one cut short
-            args.epochs = math.ceil(args.max_updates / per_epoch)
+            raise ConfigError(f"--batch_size {flags.batch_size} x {acc.num_processes} processes is more than the "
+                              f"{self.sizes['train_size']} training images; use a smaller --batch_size")
+        per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / acc.gradient_accumulation_steps)
+        args = self.args = resolve(flags, acc, per_epoch)
+        self.global_batch = args.batch_size * acc.num_processes * args.grad_accum_steps
+        self.model, self.optimizer = acc.prepare(model, create_optimizer(args, model))
         self.total_updates = args.max_updates or args.epochs * per_epoch
         # evaluation points: evenly spaced updates of each epoch, the last one at its end, and the last update
         k = min(args.evals_per_epoch, per_epoch)
@@ -697,128 +749,148 @@ class Training:
             warmup_epochs=args.warmup_epochs * per_epoch, decay_epochs=max(1, args.epochs // 3) * per_epoch,
             step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
-        self.sizes = {"train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set)}
 
     def open_folder(self):
-        """The run's config, its output folder (resumed, or started afresh) and its W&B run."""
+        """The run's config, its output folder (resumed, or started afresh), its W&B run and self.state."""
         args, acc = self.args, self.accelerator
-        self.config = {**vars(args), **versions(), **git_info(),
-                       "global_batch_size": args.batch_size * acc.num_processes * args.grad_accum_steps,
+        self.config = {**vars(args), **versions(), **git_info(), "global_batch_size": self.global_batch,
                        "num_processes": acc.num_processes, "device": device_name(acc),
                        "num_classes": len(self.classes), **self.sizes, "updates_per_epoch": self.updates_per_epoch,
                        "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
-                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"])}
+                       "label_noise_changed": round(args.label_noise * self.sizes["train_size"]),
+                       "data_path": self.data.path, "data_path_why": self.data.why, "data_workers": self.data.workers,
+                       "augmentation": augmentation(args)}
         self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
-        self.progress = None
-        if self.out:
-            self.check_folder()
+        resumed = self.check_folder() if self.out else None
+        self.resumed = resumed is not None
         self.history = []
-        if self.progress:
-            acc.load_state(self.out / "checkpoint")
+        if resumed:
+            acc.load_state(self.out / runfiles.CHECKPOINT)
             self.history = [h for h in runfiles.read_history(self.out / runfiles.HISTORY)
-                            if h["update"] <= self.progress["updates"]]
-        resume_id = self.progress and self.progress["wandb_run_id"]
-        self.run = start_wandb(args, self.config, resume_id) if self.main else None
+                            if h["update"] <= resumed.updates]
+        self.run = start_wandb(args, self.config, resumed and resumed.wandb_run_id) if self.main else None
+        self.state = resumed or runfiles.Progress(flags=self.trained_flags(),
+                                                  wandb_run_id=self.run.id if self.main else None)
         if self.out is None:  # runs/<W&B's folder name>, the same on every rank
             self.out = Path(broadcast_object_list([str(Path("runs") / run_folder(self.run)) if self.main else None])[0])
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            if not self.progress:  # a fresh start: nothing of an earlier attempt stays beside it
-                for name in (runfiles.HISTORY, runfiles.SUMMARY, "model.safetensors"):
+            if not resumed:  # a fresh start: nothing of an earlier attempt stays beside it
+                for name in (runfiles.HISTORY, runfiles.SUMMARY, runfiles.MODEL):
                     (self.out / name).unlink(missing_ok=True)
             runfiles.write_json(self.out / runfiles.CONFIG, self.config)
-            if self.progress:
+            if resumed:
                 runfiles.write_history(self.out / runfiles.HISTORY, self.history)  # drops rows past the checkpoint
                 # the preempted part's summary: once this part trains past it, it describes nothing in the folder
                 (self.out / runfiles.SUMMARY).unlink(missing_ok=True)
-                print(f"resuming {self.out} at epoch {self.progress['epoch'] + 1}, batch {self.progress['step']}",
-                      flush=True)
+                print(f"resuming {self.out} at epoch {resumed.epoch + 1}, batch {resumed.step}", flush=True)
+
+    def trained_flags(self):
+        """The resolved flags that change what is trained: a resume must give the same."""
+        return {k: v for k, v in vars(self.args).items() if k not in REPORTING}
 
     def check_folder(self):
-        """A checkpoint in the output folder means a stopped run to resume with the same flags; a summary
-        without one, a run that already ended (raises Done)."""
-        out, args = self.out, self.args
+        """A checkpoint in the output folder means a stopped run to resume with the same flags: -> its Progress.
+        A summary without one, a run that already ended (raises Done); else None."""
+        out = self.out
         if self.main:
-            finish_cut_swap(out)
+            runfiles.finish_cut_swap(out)
         self.accelerator.wait_for_everyone()
-        self.progress = runfiles.read_json(out / "checkpoint" / "progress.json")
+        progress = runfiles.read_progress(out)
         summary = runfiles.read_json(out / runfiles.SUMMARY)
-        if not self.progress and summary and summary.get("status") != "preempted":
+        if not progress and summary and summary.get("status") != runfiles.PREEMPTED:
             raise Done(f"{out} already holds a run that ended ({summary.get('status')}): nothing to do; delete the "
                        "folder or choose another --output_dir to run again")
-        if self.progress:
-            then = self.progress["flags"]
-            now = {k: v for k, v in vars(args).items() if k not in REPORTING}
+        if progress:
+            then, now = progress.flags, self.trained_flags()
             differ = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
             if differ:
                 was = ", ".join(f"{k}={then.get(k)}" for k in differ)
                 raise ConfigError(f"{out} holds a checkpoint of a run with {was}; resume it with the same flags, "
                                   "or choose another --output_dir to start a new run")
+        return progress
 
-    def train(self, preemption):
-        """The epoch loop, evaluating at each point; -> the summary."""
-        args, acc, p = self.args, self.accelerator, self.progress or {}
-        self.preemption = preemption
-        self.noise = NoiseScale(args, acc)
-        self.updates, self.examples = p.get("updates", 0), p.get("examples", 0)
-        self.clock = dict(p.get("clock", {"train": 0.0, "eval": 0.0, "precise_bn": 0.0}))
-        self.activations_mb = p.get("activations_mb", math.nan)
-        self.bn_fresh_at = None  # the update at which batch norm was last recomputed
-        self.lr = self.optimizer.param_groups[0]["lr"]
-        # loss sum, correct, images since the last point; on resume the main rank carries the interrupted ones
-        self.sums = torch.tensor(p["sums"] if p and self.main else [0.0] * 3, device=acc.device)
-        summary = {"status": "finished", "time/startup_s": time.perf_counter() - START}
-        first, step = p.get("epoch", 0), p.get("step", 0)
-        epoch = first
-        self.t0 = time.perf_counter() - p.get("interval_s", 0.0)  # seconds: the interval resumed, as trained
+    def train(self):
+        """The epoch loop, from where self.state is; -> the summary."""
+        state = self.state
+        summary = {"status": runfiles.FINISHED, "time/startup_s": time.perf_counter() - START}
+        self.t0 = time.perf_counter() - state.interval_s  # seconds: the interval resumed, as trained
         try:
-            for epoch in range(first, args.epochs):
-                self.train_dl.set_epoch(epoch)
-                loader = acc.skip_first_batches(self.train_dl, step) if step else self.train_dl
-                loader.set_epoch(epoch)
-                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                           disable=not (self.main and sys.stderr.isatty()))  # agent logs get plain lines only
-                for x, y in bar:
-                    step += 1
-                    self.train_step(x, y, step)
-                    if not acc.sync_gradients:
-                        continue
-                    self.updates += 1
-                    last = self.updates == self.total_updates
-                    if last or self.updates - epoch * self.updates_per_epoch in self.eval_at:
-                        self.evaluation_point(step)
-                    if last:
-                        break
-                    if self.stopping:  # a whole update is done: its state can be saved
-                        raise Stop("preempted", step)
-                if epoch == 0 and not p:  # proves the data is sharded: each rank trains on its own part
-                    summary["data/samples_per_rank"] = acc.gather(
-                        torch.tensor([step * args.batch_size], device=acc.device)).tolist()
-                step = 0
+            while state.epoch < self.args.epochs:
+                self.train_epoch(summary)
+                state.epoch, state.step = state.epoch + 1, 0
+        except BadData as e:  # met mid-stream: the run can go on from its last whole update once the file is fixed
+            self.bad_data(e, summary)
         except Stop as stop:
-            summary.update({"status": stop.status, "stop/epoch": epoch + 1, "stop/step": stop.step})
-            if stop.status == "oom":
-                summary.update({"oom/batch_size": args.batch_size, **{f"oom/{k}": v for k, v in stop.info.items()}})
-            elapsed = time.perf_counter() - self.t0  # the interval cut short
-            if stop.status == "preempted":
-                error = self.save_checkpoint(epoch, stop.step, elapsed)
-                summary.update({"checkpoint_error": error} if error else {})
-            else:
-                self.examples += int(acc.reduce(self.sums)[2].item())
-            self.clock["train"] += elapsed
+            self.stopped(stop, summary)
         return summary
+
+    def train_epoch(self, summary):
+        """The epoch's batches from state.step on, evaluating at its points. Raises Stop."""
+        args, acc, state = self.args, self.accelerator, self.state
+        self.train_dl.set_epoch(state.epoch)
+        loader = acc.skip_first_batches(self.train_dl, state.step) if state.step else self.train_dl
+        loader.set_epoch(state.epoch)
+        bar = tqdm(checked(loader, acc, self.data.path == "stream"), total=len(loader),
+                   desc=f"epoch {state.epoch + 1}/{args.epochs}", leave=False,
+                   disable=not (self.main and sys.stderr.isatty()))  # agent logs get plain lines only
+        for x, y in bar:
+            state.step += 1
+            self.train_step(x, y, state.step)
+            if not acc.sync_gradients:
+                continue
+            state.updates += 1
+            last = state.updates == self.total_updates
+            if last or state.updates - state.epoch * self.updates_per_epoch in self.eval_at:
+                self.evaluation_point(state.step)
+            if last:
+                break
+            if self.stopping:  # a whole update is done: its state can be saved
+                raise Stop(runfiles.PREEMPTED, state.step)
+        if state.epoch == 0 and not self.resumed:  # proves the data is sharded: each rank trains on its own part
+            summary["data/samples_per_rank"] = acc.gather(
+                torch.tensor([state.step * args.batch_size], device=acc.device)).tolist()
+
+    def stopped(self, stop, summary):
+        """Training ended early: the summary says how and where; a preempted run saves its checkpoint."""
+        state = self.state
+        summary.update({"status": stop.status, "stop/epoch": state.epoch + 1, "stop/step": stop.step})
+        if stop.status == runfiles.OOM:
+            summary.update({"oom/batch_size": self.args.batch_size, **{f"oom/{k}": v for k, v in stop.info.items()}})
+        elapsed = time.perf_counter() - self.t0  # the interval cut short
+        if stop.status == runfiles.PREEMPTED:
+            error = self.save_checkpoint(elapsed)
+            summary.update({"checkpoint_error": error} if error else {})
+        else:
+            state.examples += int(self.accelerator.reduce(self.sums)[2].item())
+        state.clock["train"] += elapsed
+
+    def bad_data(self, error, summary):
+        """An image met mid-stream cannot be read: status failed, and a checkpoint at the last whole update, from
+        which the same command resumes once the file is fixed."""
+        state = self.state
+        state.step -= state.step % self.args.grad_accum_steps
+        self.optimizer.zero_grad()
+        summary.update({"status": runfiles.FAILED, "error": str(error), "stop/epoch": state.epoch + 1,
+                        "stop/step": state.step})
+        elapsed = time.perf_counter() - self.t0
+        saved = self.save_checkpoint(elapsed)
+        summary.update({"checkpoint_error": saved} if saved else {})
+        state.clock["train"] += elapsed
 
     def train_step(self, x, y, step):
         """One micro-batch: forward, the ranks' agreement on how to go on, backward, and the update when due.
         Raises Stop (oom, diverged)."""
         args, acc, model = self.args, self.accelerator, self.model
-        first = self.updates == 0 and step == 1 and not self.progress and not args.compile
+        first = self.state.updates == 0 and step == 1 and not self.resumed and not args.compile
         with acc.accumulate(model):
             oom = None
             try:
                 with self.saved.hooks() if first else contextlib.nullcontext():
+                    x, target = self.mix(x, y)  # mixup/cutmix: soft targets, label smoothing folded in
                     logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+                    smoothing = 0.0 if self.mix.on else args.label_smoothing  # mixed targets are smoothed already
+                    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
             except (RuntimeError, MemoryError) as e:
                 if not is_oom(e):
                     raise
@@ -831,42 +903,47 @@ class Training:
                 flags[1] = ~torch.isfinite(loss.detach())
             any_oom, diverged, asked = (acc.reduce(flags.float()) > 0).tolist()
             if any_oom:
-                raise Stop("oom", step, **(oom or memory_now(acc.device)))
+                raise Stop(runfiles.OOM, step, **(oom or memory_now(acc.device)))
             if diverged:
-                raise Stop("diverged", step)
+                raise Stop(runfiles.DIVERGED, step)
             self.stopping = asked
             if first:
-                self.activations_mb = self.saved.mb()
-            try:
-                acc.backward(loss)
-                self.noise.after_backward(model)
-                if acc.sync_gradients:
-                    if args.clip_grad:
-                        acc.clip_grad_norm_(model.parameters(), args.clip_grad)
-                    self.lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
-                self.optimizer.zero_grad()
-            except (RuntimeError, MemoryError) as e:  # one rank alone: the others may wait in all-reduce
-                if not is_oom(e):
-                    raise
-                raise Stop("oom", step, **memory_now(acc.device)) from None
-            if acc.sync_gradients:
-                self.scheduler.step_update(self.updates + 1)
+                self.state.activations_mb = self.saved.mb()
+            self.backward(loss)
         self.sums += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float(),
                                   loss.new_tensor(float(len(y)))])
 
+    def backward(self, loss):
+        """Backward, and the update when one is due. Raises Stop (oom)."""
+        args, acc, model = self.args, self.accelerator, self.model
+        try:
+            acc.backward(loss)
+            self.noise.after_backward(model)
+            if acc.sync_gradients:
+                if args.clip_grad:
+                    acc.clip_grad_norm_(model.parameters(), args.clip_grad)
+                self.lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        except (RuntimeError, MemoryError) as e:  # one rank alone: the others may wait in all-reduce
+            if not is_oom(e):
+                raise
+            raise Stop(runfiles.OOM, self.state.step, **memory_now(acc.device)) from None
+        if acc.sync_gradients:
+            self.scheduler.step_update(self.state.updates + 1)
+
     def evaluation_point(self, step):
         """Close the training interval, evaluate on validation, and record one history row."""
-        args, acc = self.args, self.accelerator
+        args, acc, state = self.args, self.accelerator, self.state
         loss_sum, correct, n = acc.reduce(self.sums).tolist()  # synchronises the device: the clock is exact
         interval_s = time.perf_counter() - self.t0
-        self.clock["train"] += interval_s
+        state.clock["train"] += interval_s
         self.sums.zero_()
-        self.examples += int(n)
-        row = {"epoch": self.updates / self.updates_per_epoch, "update": self.updates, "examples": self.examples,
+        state.examples += int(n)
+        row = {"epoch": state.updates / self.updates_per_epoch, "update": state.updates, "examples": state.examples,
                "train/loss": loss_sum / n, "train/acc": correct / n, "train/lr": self.lr}
         row.update(self.evaluate(self.val_dl, "val")[0])
-        row.update({"time/train_s": self.clock["train"], "throughput/train_img_s": n / interval_s,
+        row.update({"time/train_s": state.clock["train"], "throughput/train_img_s": n / interval_s,
                     **self.noise.interval()})
         best = min((h["val/loss"] for h in self.history), default=math.inf)
         self.history.append(row)
@@ -879,53 +956,49 @@ class Training:
         self.t0 = time.perf_counter()
         reached = args.target_val_acc and row["val/acc"] >= args.target_val_acc
         if reached and args.stop_at_target:
-            raise Stop("reached_target", step)
+            raise Stop(runfiles.REACHED_TARGET, step)
         if args.early_stopping_patience and points_since_best(self.history) >= args.early_stopping_patience:
-            raise Stop("early_stopped", step)
+            raise Stop(runfiles.EARLY_STOPPED, step)
 
     def evaluate(self, loader, prefix):
         """evaluate(), after precise BN when asked; both timed apart from training. Raises Stop (oom)."""
-        start = time.perf_counter()
+        clock, start = self.state.clock, time.perf_counter()
         try:
-            if self.args.precise_bn and self.bn_fresh_at != self.updates:
+            if self.args.precise_bn and self.bn_fresh_at != self.state.updates:
                 recompute_batch_norm(self.accelerator, self.model, self.bn_dl)
-                self.bn_fresh_at = self.updates
-                self.clock["precise_bn"] += time.perf_counter() - start
+                self.bn_fresh_at = self.state.updates
+                clock["precise_bn"] += time.perf_counter() - start
                 start = time.perf_counter()
             average_batch_norm(self.accelerator, self.model)
             result = evaluate(self.accelerator, self.model, loader, prefix)
         except (RuntimeError, MemoryError) as e:
             if not is_oom(e):
                 raise
-            raise Stop("oom", 0, phase=prefix, **memory_now(self.accelerator.device)) from None
-        self.clock["eval"] += time.perf_counter() - start
+            raise Stop(runfiles.OOM, 0, phase=prefix, **memory_now(self.accelerator.device)) from None
+        clock["eval"] += time.perf_counter() - start
         return result
 
-    def save_checkpoint(self, epoch, step, interval_s):
-        """Model, optimizer, scheduler and RNG states (accelerator.save_state) plus progress.json, written beside
-        the old checkpoint and swapped in; progress.json is written last, so its presence means whole.
-        -> "" when saved, else why not (a full disk: the run then cannot resume, but nothing crashes)."""
-        acc, out = self.accelerator, self.out
-        progress = {"epoch": epoch, "step": step, "updates": self.updates, "examples": self.examples,
-                    "sums": acc.reduce(self.sums).tolist(), "clock": self.clock, "interval_s": interval_s,
-                    "activations_mb": self.activations_mb,
-                    "flags": {k: v for k, v in vars(self.args).items() if k not in REPORTING},
-                    "wandb_run_id": self.run.id if self.main else None}
-        tmp = out / "checkpoint.tmp"
+    def save_checkpoint(self, interval_s):
+        """Model, optimizer, scheduler and RNG states (accelerator.save_state) plus progress.json (self.state),
+        written beside the old checkpoint and swapped in; progress.json is written last, so its presence means
+        whole. -> "" when saved, else why not (a full disk: the run then cannot resume, but nothing crashes)."""
+        acc, out, state = self.accelerator, self.out, self.state
+        state.sums, state.interval_s = acc.reduce(self.sums).tolist(), interval_s
+        tmp = runfiles.checkpoint_tmp(out)
         error = ""
         try:
             if self.main:
-                remove_checkpoint(tmp)
+                runfiles.remove_checkpoint(tmp)
             acc.wait_for_everyone()
             acc.save_state(tmp)
             acc.wait_for_everyone()
             if self.main:
-                runfiles.write_json(tmp / "progress.json", progress)
-                swap_in_checkpoint(out)
+                runfiles.write_progress(tmp, state)
+                runfiles.swap_in_checkpoint(out)
         except Exception as e:  # a full disk (torch.save says so as a RuntimeError): no half checkpoint is left
             error = f"checkpoint not saved ({type(e).__name__}: {str(e).splitlines()[0][:160]}); the run cannot resume"
             if self.main:
-                remove_checkpoint(tmp)
+                runfiles.remove_checkpoint(tmp)
                 print(error, file=sys.stderr, flush=True)
         acc.wait_for_everyone()
         return error
@@ -934,51 +1007,56 @@ class Training:
         """Test metrics, memory and the summary, in W&B and summary.json; the checkpoint goes once the run has
         ended for good. -> the summary."""
         args, acc, status = self.args, self.accelerator, summary["status"]
-        if status == "oom":  # give the memory back before the final reports
+        if status == runfiles.OOM:  # give the memory back before the final reports
             self.optimizer.zero_grad(set_to_none=True)
             gc.collect()
             if acc.device.type == "cuda":
                 torch.cuda.empty_cache()
         if args.early_stopping_patience and status in runfiles.COMPLETED and self.history:
             load_best_model(acc, self.model, self.out)
-            self.bn_fresh_at = self.updates  # the saved weights carry their own point's batch-norm statistics
+            self.bn_fresh_at = self.state.updates  # the saved weights carry their own point's batch-norm statistics
         summary.update(self.final_metrics(status))
         if status in runfiles.COMPLETED:
-            try:
-                test, pred, y = self.evaluate(self.test_dl, "test")
-                summary.update(test)
-                if self.main:
-                    self.run.log({"test/confusion_matrix": wandb.plot.confusion_matrix(
-                        y_true=y.tolist(), preds=pred.tolist(), class_names=self.classes)})
-            except Stop as stop:
-                summary.update({"status": "oom", "oom/phase": "test", "oom/batch_size": args.batch_size,
-                                **{f"oom/{k}": v for k, v in stop.info.items() if k != "phase"}})
+            summary.update(self.test())
         peak = peak_memory(acc)  # the largest over the ranks
         summary.update(zip(peak, acc.reduce(torch.tensor(list(peak.values()), device=acc.device), "max").tolist(),
                            strict=True))
         if self.main:
             finish_run(args, self.run, self.out, summary, self.preemption.signal)
-            if summary["status"] != "preempted":
-                remove_checkpoint(self.out / "checkpoint")  # ended for good: nothing left to resume
-            if self.has_bn and not args.precise_bn and self.updates < BN_SETTLED and status in runfiles.COMPLETED:
-                print(f"note: evaluation used batch-norm running statistics from only {self.updates} updates; "
+            if summary["status"] not in RESUMABLE:
+                runfiles.remove_checkpoint(self.out / runfiles.CHECKPOINT)  # ended for good: nothing to resume
+            if self.has_bn and not args.precise_bn and self.state.updates < BN_SETTLED and status in runfiles.COMPLETED:
+                print(f"note: evaluation used batch-norm running statistics from only {self.state.updates} updates; "
                       "--precise_bn recomputes them on the training data", flush=True)
         acc.end_training()
         return summary
 
+    def test(self):
+        """The test metrics, and the confusion matrix in W&B; out of memory: status oom, with the figures."""
+        try:
+            test, pred, y = self.evaluate(self.test_dl, "test")
+        except Stop as stop:
+            return {"status": stop.status, "oom/phase": "test", "oom/batch_size": self.args.batch_size,
+                    **{f"oom/{k}": v for k, v in stop.info.items() if k != "phase"}}
+        if self.main:
+            self.run.log({"test/confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=y.tolist(), preds=pred.tolist(), class_names=self.classes)})
+        return test
+
     def final_metrics(self, status):
-        nan, h = float("nan"), self.history
+        nan, h, state = float("nan"), self.history, self.state
         last = h[-1] if h else {}
-        out = {"epoch": self.updates / self.updates_per_epoch, "update": self.updates, "examples": self.examples,
+        train_s = state.clock["train"]
+        out = {"epoch": state.updates / self.updates_per_epoch, "update": state.updates, "examples": state.examples,
                "train/loss": last.get("train/loss", nan), "train/acc": last.get("train/acc", nan),
                "val/acc": max((r["val/acc"] for r in h), default=nan),
                "val/loss": min((r["val/loss"] for r in h), default=nan),
                "val/acc_final": last.get("val/acc", nan), "val/loss_final": last.get("val/loss", nan),
                "test/loss": nan, "test/acc": nan,
-               "time/train_s": self.clock["train"], "time/eval_s": self.clock["eval"],
-               "time/precise_bn_s": self.clock["precise_bn"],
-               "throughput/train_img_s": self.examples / self.clock["train"] if self.clock["train"] else nan,
-               "memory/activations_mb": self.activations_mb}
+               "time/train_s": train_s, "time/eval_s": state.clock["eval"],
+               "time/precise_bn_s": state.clock["precise_bn"],
+               "throughput/train_img_s": state.examples / train_s if train_s else nan,
+               "memory/activations_mb": state.activations_mb}
         if self.args.target_val_acc:
             hit = next((r for r in h if r["val/acc"] >= self.args.target_val_acc), {})
             out.update({f"target/{k}": hit.get(key, nan) for k, key in
@@ -993,6 +1071,14 @@ class Done(Exception):
     """The output folder holds a run that already ended: the same command again has nothing to do."""
 
 
+def create_optimizer(args, model):
+    try:
+        return timm.optim.create_optimizer_v2(model, opt=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                                              **({} if args.momentum is None else {"momentum": args.momentum}))
+    except (AssertionError, ImportError, ValueError) as e:  # CUDA-only or uninstalled optimizers
+        raise ConfigError(f"--optimizer {args.optimizer} cannot run here ({e}); try adamw or sgd") from None
+
+
 def points_since_best(history):
     losses = [h["val/loss"] if math.isfinite(h["val/loss"]) else math.inf for h in history]
     return len(history) - 1 - losses.index(min(losses))
@@ -1002,31 +1088,7 @@ def load_best_model(accelerator, model, out):
     """The lowest-val/loss point's weights, which accelerator.save_model wrote to out/model.safetensors."""
     from safetensors.torch import load_file
     accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model).load_state_dict(load_file(out / "model.safetensors", device="cpu"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: the swap is two renames, and progress.json goes first when one is deleted, so that a kill at
-# any moment leaves either a whole checkpoint (with progress.json) or none
-
-def finish_cut_swap(out):
-    """A whole checkpoint.tmp (it has progress.json) beside no whole checkpoint/: a kill cut the swap short."""
-    if not (out / "checkpoint" / "progress.json").exists() and (out / "checkpoint.tmp" / "progress.json").exists():
-        swap_in_checkpoint(out)
-
-
-def swap_in_checkpoint(out):
-    final, old = out / "checkpoint", out / "checkpoint.old"
-    remove_checkpoint(old)
-    if final.exists():
-        final.rename(old)
-    (out / "checkpoint.tmp").rename(final)
-    remove_checkpoint(old)
-
-
-def remove_checkpoint(folder):
-    (folder / "progress.json").unlink(missing_ok=True)  # first: a half-deleted checkpoint is never resumed
-    shutil.rmtree(folder, ignore_errors=True)
+    accelerator.unwrap_model(model).load_state_dict(load_file(out / runfiles.MODEL, device="cpu"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1066,10 +1128,9 @@ def start_wandb(args, config, resume_id=None):
               + "".join(f" (the attempt's {a} is removed)" for a in attempts), flush=True)
         run, defaulted = wandb.init(mode="offline", **{k: v for k, v in init.items() if k != "settings"}), True
     run.define_metric("epoch")
-    for key in ("train/*", "val/*", "time/train_s", "throughput/*", "noise/*", "update", "examples"):
-        run.define_metric(key, step_metric="epoch")
-    run.define_metric("val/acc", summary="max")
-    run.define_metric("val/loss", summary="min")
+    for key in runfiles.POINT_METRICS:  # plotted against epoch; the summary of val/acc and val/loss is the best
+        if key != "epoch":
+            run.define_metric(key, step_metric="epoch", summary=BEST.get(key))
     if defaulted:
         print(f"wandb: offline: run saved in {run.settings.sync_dir}; "
               f"upload it with `wandb sync {run.settings.sync_dir}`", flush=True)
@@ -1115,17 +1176,23 @@ def versions():
 
 
 def git_info():
-    """The commit of this train.py's checkout, and whether it had changes; "" outside a git checkout."""
+    """The commit of this train.py's checkout, and whether it had changes; "" for both when unknown: outside a
+    git checkout (a source archive), or in a folder of some other repository."""
+    here = Path(__file__).resolve().parent
+    unknown = {"git_commit": "", "git_dirty": ""}
+
     def git(*argv):
-        return subprocess.run(["git", *argv], cwd=Path(__file__).resolve().parent, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(["git", *argv], cwd=here, capture_output=True, text=True, timeout=30)
     try:
-        commit = git("rev-parse", "HEAD")
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here:
+            return unknown
+        commit = git("rev-parse", "HEAD")  # fails in a repository without commits
         if commit.returncode != 0:
-            return {"git_commit": "", "git_dirty": ""}
+            return unknown
         return {"git_commit": commit.stdout.strip(), "git_dirty": bool(git("status", "--porcelain").stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"git_commit": "", "git_dirty": ""}
+        return unknown
 
 
 def device_name(accelerator):
@@ -1135,18 +1202,21 @@ def device_name(accelerator):
 
 
 def finish_run(args, run, out, summary, signum):
-    # val/acc and val/loss keep the max and min that define_metric gives them in W&B
-    run.summary.update({k: v for k, v in summary.items() if k not in ("val/acc", "val/loss")})
+    run.summary.update({k: v for k, v in summary.items() if k not in BEST})  # W&B keeps define_metric's best
     summary["wandb_run_dir"] = run.settings.sync_dir if run.settings.mode != "disabled" else None
     runfiles.write_json(out / runfiles.SUMMARY, summary)
-    if args.log_model and summary["status"] != "preempted" and (out / "model.safetensors").exists():  # once, at the end
+    ended = summary["status"] not in RESUMABLE  # a run that resumes uploads its model at its end
+    if args.log_model and ended and (out / runfiles.MODEL).exists():
         artifact = wandb.Artifact(f"model-{run.id}", type="model",
                                   metadata={k: summary[k] for k in ("status", "epoch", "val/loss", "test/acc")})
-        artifact.add_file(str(out / "model.safetensors"))
+        artifact.add_file(str(out / runfiles.MODEL))
         run.log_artifact(artifact, aliases=["best"])
-    if summary["status"] == "preempted":
+    if summary["status"] == runfiles.FAILED:  # bad data met mid-stream: main() prints the one line
+        run.finish(exit_code=2)
+        return
+    if summary["status"] == runfiles.PREEMPTED:
         run.mark_preempting()  # W&B's agent requeues the run; the same command resumes it from out/checkpoint
-        print(f"preempted: checkpoint in {out / 'checkpoint'}; run the same command to resume", flush=True)
+        print(f"preempted: checkpoint in {out / runfiles.CHECKPOINT}; run the same command to resume", flush=True)
         run.finish(exit_code=128 + signum)
         return
     run.finish()
@@ -1159,15 +1229,19 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         preemption = Preemption()  # from here a signal stops training cleanly, even one sent during setup
-        training = Training(args)
+        training = Training(args, preemption)
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Done as e:
         print(f"train.py: {e}", file=sys.stderr)
         return None
-    summary = training.finish(training.train(preemption))
-    if summary["status"] == "preempted":  # non-zero, as W&B's agent expects of a run it should requeue
+    summary = training.finish(training.train())
+    if summary["status"] == runfiles.FAILED:
+        print(f"train.py: error: {summary['error']}; then run the same command to resume "
+              f"(checkpoint in {training.out / runfiles.CHECKPOINT})", file=sys.stderr)
+        sys.exit(2)
+    if summary["status"] == runfiles.PREEMPTED:  # non-zero, as W&B's agent expects of a run it should requeue
         sys.exit(128 + training.preemption.signal)
     return summary
 

@@ -97,8 +97,9 @@ def cycle(tmp, out, duration, rng, tally):
         problem = check_files(out)
         if problem:
             fail(tally, "files", f"{out.name}: {problem}")
-        if proc.returncode == 0 and (runfiles.read_json(out / runfiles.SUMMARY) or {}).get("status") == "finished":
-            return runfiles.read_json(out / runfiles.SUMMARY)
+        summary = runfiles.read_json(out / runfiles.SUMMARY) or {}
+        if proc.returncode == 0 and summary.get("status") == runfiles.FINISHED:
+            return summary
 
 
 def main():
