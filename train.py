@@ -13,8 +13,9 @@ model (lowest val/loss) as model.safetensors. INTERFACE.md lists every key.
 
 A run that diverges or runs out of memory ends with status diverged or oom and exit code 0: a result, not a
 crash. SIGTERM or Ctrl-C ends the current update, saves out/checkpoint/ and exits 128 + signal (status
-preempted); the same command again resumes it, as the same W&B run. The same command after the run ended
-does nothing.
+preempted); the line it prints says what resumes it, as the same W&B run: the same command when the folder was
+known before the run started (--output_dir, --run_name, $WANDB_RUN_ID as wandb agent sets it). The same command
+after the run ended does nothing.
 """
 
 import time
@@ -217,9 +218,11 @@ def build_parser():
     flag("--hflip", type=number(0, 1, high_open=False, example="0.5"), default=0.0,
          help="probability of a horizontal flip")
     flag("--scale", type=pair, default=None,
-         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1")
-    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default 0.75,1.33)")
-    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original")
+         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1 "
+              "(default: none, no crop)")
+    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default: 0.75,1.33)")
+    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original "
+         "(default: none)")
     flag("--reprob", type=number(0, 1, high_open=False, example="0.25"), default=0.0,
          help="random-erasing probability")
     flag("--mixup", type=number(0, math.inf, example="0.8"), default=0.0, help="mixup alpha; 0 = off")
@@ -292,14 +295,16 @@ def load_config_file(parser, path):
     values = {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in values.items()
               if k not in ("wandb_version", "_wandb", "config")}  # W&B's keys, and the file a run was given
     skipped = sorted(k for k in values if k in RECORDED)
+    # a run's record (config.json, W&B's config.yaml) holds the lr its --lr_base gave: the flag is lr_base
+    derived = ["lr"] if skipped and values.get("lr_base") is not None else []
     if skipped:
-        print(f"train.py: --config {path}: ignoring {', '.join(skipped)} (recorded by a run, not flags)",
+        print(f"train.py: --config {path}: ignoring {', '.join(derived + skipped)} (recorded by a run, not flags)",
               file=sys.stderr)
     actions = {a.dest: a for a in parser._actions}
     actions.update({s.lstrip("-"): a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     out = {}
     for key, value in values.items():
-        if key in RECORDED:
+        if key in RECORDED or key in derived:
             continue
         if key not in actions or key == "help":
             raise ConfigError(f"unknown key {key!r} in --config {path}; use the flag names of --help")
@@ -351,7 +356,7 @@ def check_args(a):
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
-    check_output_dir(a.output_dir or Path("runs") / a.run_name)
+    check_output_dir(chosen_output_dir(a) or "runs")
     if a.cache_dir:
         check_output_dir(a.cache_dir, "--cache_dir")
     if (a.wandb_mode or os.environ.get("WANDB_MODE")) == "online" and not wandb.login(prompt=False, verify=False):
@@ -365,6 +370,14 @@ def check_args(a):
         close = difflib.get_close_matches(a.model, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise ConfigError(f"unknown timm model {a.model!r}; {hint}")
+
+
+def chosen_output_dir(args):
+    """The output folder known before the run starts: --output_dir, else runs/<--run_name>, else runs/<W&B run id>
+    when $WANDB_RUN_ID gives it (wandb agent does, so that a requeued run finds its checkpoint); None: the folder
+    is runs/<W&B's run folder name>, new for each run."""
+    name = args.run_name or os.environ.get("WANDB_RUN_ID")
+    return Path(args.output_dir) if args.output_dir else Path("runs") / name if name else None
 
 
 def check_output_dir(path, name="--output_dir"):
@@ -528,7 +541,8 @@ def check_one_image_trains(model, args, in_chans):
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     try:
         with torch.no_grad(), torch.random.fork_rng():
-            torch.func.functional_call(model.train(), buffers, (torch.zeros(1, in_chans, args.img_size, args.img_size),))
+            image = torch.zeros(1, in_chans, args.img_size, args.img_size)
+            torch.func.functional_call(model.train(), buffers, (image,))
     except ValueError as e:
         raise ConfigError(f"batch norm cannot train on 1 image per process at --img_size {args.img_size} "
                           f"({str(e).splitlines()[0][:80]}); use --batch_size 2 or more, or a model without batch "
@@ -711,6 +725,7 @@ class Training:
         self.noise = NoiseScale(self.args, acc)
         self.bn_fresh_at = None  # the update at which batch norm was last recomputed
         self.stopping = False  # every rank has agreed to stop after this update (a signal)
+        self.compiled = not self.args.compile  # torch.compile has compiled the training step (compile_first)
 
     def build(self, flags):
         """Data, model, Accelerator, loaders, the resolved configuration (self.args), optimizer and schedule."""
@@ -749,6 +764,11 @@ class Training:
             warmup_epochs=args.warmup_epochs * per_epoch, decay_epochs=max(1, args.epochs // 3) * per_epoch,
             step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
+        warmup = args.warmup_epochs * per_epoch
+        if warmup >= self.total_updates and self.main:  # update k trains at the lr of step k - 1: below the peak
+            print(f"note: --warmup_epochs {args.warmup_epochs} ({warmup} updates) does not end within the run's "
+                  f"{args.epochs} epochs ({self.total_updates} updates): the lr never reaches its peak {args.lr:g}",
+                  flush=True)
 
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh), its W&B run and self.state."""
@@ -760,7 +780,7 @@ class Training:
                        "label_noise_changed": round(args.label_noise * self.sizes["train_size"]),
                        "data_path": self.data.path, "data_path_why": self.data.why, "data_workers": self.data.workers,
                        "augmentation": augmentation(args)}
-        self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
+        self.out = chosen_output_dir(args)
         resumed = self.check_folder() if self.out else None
         self.resumed = resumed is not None
         self.history = []
@@ -858,11 +878,11 @@ class Training:
         if stop.status == runfiles.OOM:
             summary.update({"oom/batch_size": self.args.batch_size, **{f"oom/{k}": v for k, v in stop.info.items()}})
         elapsed = time.perf_counter() - self.t0  # the interval cut short
-        if stop.status == runfiles.PREEMPTED:
+        images = int(self.accelerator.reduce(self.sums)[2].item())  # trained in it
+        if stop.status == runfiles.PREEMPTED:  # the checkpoint carries the interval on to the resumed part
             error = self.save_checkpoint(elapsed)
             summary.update({"checkpoint_error": error} if error else {})
-        else:
-            state.examples += int(self.accelerator.reduce(self.sums)[2].item())
+        state.examples += images  # for the summary, which counts every image trained, a preempted part's too
         state.clock["train"] += elapsed
 
     def bad_data(self, error, summary):
@@ -882,7 +902,9 @@ class Training:
         """One micro-batch: forward, the ranks' agreement on how to go on, backward, and the update when due.
         Raises Stop (oom, diverged)."""
         args, acc, model = self.args, self.accelerator, self.model
-        first = self.state.updates == 0 and step == 1 and not self.resumed and not args.compile
+        if not self.compiled:
+            self.compile_first(x, y)
+        first = self.state.updates == 0 and step == 1 and not self.resumed
         with acc.accumulate(model):
             oom = None
             try:
@@ -931,6 +953,24 @@ class Training:
             raise Stop(runfiles.OOM, self.state.step, **memory_now(acc.device)) from None
         if acc.sync_gradients:
             self.scheduler.step_update(self.state.updates + 1)
+
+    def compile_first(self, x, y):
+        """torch.compile compiles the model at its first forward and backward pass: run both once, on the first
+        batch and apart from training (time/compile_s, not time/train_s), with the buffers (batch norm's
+        statistics) and the random state put back and the gradients dropped, so that training is as without it.
+        Every rank does it, so DDP's all-reduce in the backward pass is matched."""
+        start = time.perf_counter()
+        buffers = [b.clone() for b in self.model.buffers()]
+        with torch.random.fork_rng(devices=[self.accelerator.device] if self.accelerator.device.type == "cuda" else []):
+            F.cross_entropy(self.model(x), y).backward()
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        self.state.clock["compile"] = self.state.clock.get("compile", 0.0) + elapsed  # a resumed part compiles again
+        self.t0 += elapsed  # the training interval leaves it out
+        self.compiled = True
 
     def evaluation_point(self, step):
         """Close the training interval, evaluate on validation, and record one history row."""
@@ -1054,7 +1094,7 @@ class Training:
                "val/acc_final": last.get("val/acc", nan), "val/loss_final": last.get("val/loss", nan),
                "test/loss": nan, "test/acc": nan,
                "time/train_s": train_s, "time/eval_s": state.clock["eval"],
-               "time/precise_bn_s": state.clock["precise_bn"],
+               "time/precise_bn_s": state.clock["precise_bn"], "time/compile_s": state.clock.get("compile", 0.0),
                "throughput/train_img_s": state.examples / train_s if train_s else nan,
                "memory/activations_mb": state.activations_mb}
         if self.args.target_val_acc:
@@ -1216,13 +1256,34 @@ def finish_run(args, run, out, summary, signum):
         return
     if summary["status"] == runfiles.PREEMPTED:
         run.mark_preempting()  # W&B's agent requeues the run; the same command resumes it from out/checkpoint
-        print(f"preempted: checkpoint in {out / runfiles.CHECKPOINT}; run the same command to resume", flush=True)
+        print(f"preempted: checkpoint in {out / runfiles.CHECKPOINT}; {how_to_resume(args, out)}", flush=True)
         run.finish(exit_code=128 + signum)
         return
     run.finish()
     print(f"{summary['status']}: test/acc={summary['test/acc']:.4f} test/loss={summary['test/loss']:.4f} "
           f"time/train_s={summary['time/train_s']:.1f} memory/peak_mb={summary['memory/peak_mb']:.0f} -> {out}",
           flush=True)
+
+
+def chosen_by_config(args, argv):
+    """For the message of a folder that holds a run that ended: ' (...)' when the --config file, not the command
+    line, named that folder (a run's config.json does), with the flag that runs elsewhere; else ''."""
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    key = "output_dir" if args.output_dir else "run_name" if args.run_name else None
+    if not (args.config and key) or {"--output_dir", "--run_name"} & given:
+        return ""
+    return (f" (--config {args.config} sets {key} {getattr(args, key)}: add --output_dir NEW_DIR to rerun it "
+            "elsewhere)")
+
+
+def how_to_resume(args, out):
+    """What resumes a preempted run: the same command finds its folder again only if the folder was known before
+    the run started (chosen_output_dir)."""
+    if args.output_dir or args.run_name:
+        return "run the same command to resume"
+    if os.environ.get("WANDB_RUN_ID"):
+        return f"run the same command, with WANDB_RUN_ID={os.environ['WANDB_RUN_ID']} (as wandb agent does), to resume"
+    return f"run the same command with --output_dir {out} to resume"
 
 
 def main(argv=None):
@@ -1234,7 +1295,7 @@ def main(argv=None):
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Done as e:
-        print(f"train.py: {e}", file=sys.stderr)
+        print(f"train.py: {e}{chosen_by_config(args, argv)}", file=sys.stderr)
         return None
     summary = training.finish(training.train())
     if summary["status"] == runfiles.FAILED:
