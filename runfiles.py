@@ -57,7 +57,7 @@ RUN_METRICS = (  # summary.json's and W&B's end-of-run metrics
     "train/loss", "train/acc",
     "val/acc", "val/loss", "val/acc_final", "val/loss_final",
     "test/loss", "test/acc", "test/confusion_matrix",  # the matrix: W&B only, a table
-    "time/train_s", "time/eval_s", "time/precise_bn_s", "time/startup_s",
+    "time/train_s", "time/eval_s", "time/precise_bn_s", "time/compile_s", "time/startup_s",
     "throughput/train_img_s",
     "memory/peak_mb", "memory/peak_reserved_mb", "memory/activations_mb",
     "target/updates", "target/examples", "target/train_s", "target/epoch",  # --target_val_acc
@@ -120,10 +120,11 @@ def write_history(path, rows):
 
 
 def read_history(path):
-    """history.csv -> a list of {column: float}; empty cells left out; [] when there is no file yet."""
+    """history.csv -> a list of {column: number}, whole numbers as int (so a resumed run writes back 8, not 8.0);
+    empty cells left out; [] when there is no file yet."""
     try:
         with Path(path).open(newline="") as f:
-            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+            return [{k: parse_cell(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
     except FileNotFoundError:
         return []
 
@@ -185,7 +186,8 @@ class Progress:
     updates: int = 0  # optimizer updates done
     examples: int = 0  # training images seen, all processes, up to the last evaluation point
     sums: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, images since then
-    clock: dict = dataclasses.field(default_factory=lambda: {"train": 0.0, "eval": 0.0, "precise_bn": 0.0})  # s
+    clock: dict = dataclasses.field(  # seconds
+        default_factory=lambda: {"train": 0.0, "eval": 0.0, "precise_bn": 0.0, "compile": 0.0})
     interval_s: float = 0.0  # seconds of training since the last evaluation point
     activations_mb: float = math.nan  # memory/activations_mb, measured in the first step
     samples_per_rank: list | None = None  # data/samples_per_rank: images each rank trained in the first epoch

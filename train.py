@@ -13,8 +13,9 @@ model (lowest val/loss) as model.safetensors. INTERFACE.md lists every key.
 
 A run that diverges or runs out of memory ends with status diverged or oom and exit code 0: a result, not a
 crash. SIGTERM or Ctrl-C ends the current update, saves out/checkpoint/ and exits 128 + signal (status
-preempted); the same command again resumes it, as the same W&B run. The same command after the run ended
-does nothing.
+preempted); the line it prints says what resumes it, as the same W&B run: the same command when the folder was
+known before the run started (--output_dir, --run_name, $WANDB_RUN_ID as wandb agent sets it). The same command
+after the run ended does nothing.
 """
 
 import time
@@ -31,26 +32,14 @@ import json
 import logging
 import math
 import os
-import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import accelerate
-import timm
-import timm.data
-import timm.optim
-import timm.scheduler
-import torch
-import torch.nn.functional as F
-import wandb
 import yaml
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
-from safetensors import SafetensorError
-from tqdm import tqdm
 
 import runfiles
 from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, load_data, pair
@@ -70,6 +59,36 @@ BN_SETTLED = 100  # updates after which batch norm's running statistics (momentu
 PARENT = os.getppid()  # the process that started this one; a launcher that dies before Preemption is noticed
 
 
+class ReaderMayLeave:
+    """sys.stdout or sys.stderr of a run whose reader may go away (`python train.py | head`): once a write finds
+    the pipe closed, the stream's descriptor points at /dev/null and the run goes on to its end, with its results
+    in its files and W&B. Only the output is cut short, and without a traceback."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.reader_left()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.reader_left()
+
+    def reader_left(self):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self.stream.fileno())
+        os.close(null)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 # ----------------------------------------------------------------------------------------------
 # Configuration
 
@@ -80,15 +99,16 @@ def str2bool(text):
     return value
 
 
-def whole(minimum):
-    """An argparse type: an int >= minimum, with a message that says what to give instead."""
+def whole(minimum, maximum=math.inf):
+    """An argparse type: an int in [minimum, maximum], with a message that says what to give instead."""
     def parse(text):
         try:
             value = int(str(text))
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        if value is None or not minimum <= value <= maximum:
+            span = f">= {minimum}" if maximum == math.inf else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}, got {text!r}")
         return value
     return parse
 
@@ -137,9 +157,16 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see python train.py --help)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, once: a help text that gives its own (one resolved later) keeps it."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default: " in action.help else super()._get_help_string(action)
+
+
 def build_parser():
     p = Parser(description="Train a timm classifier; flags are named like W&B sweep parameters.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+               formatter_class=HelpFormatter,
                allow_abbrev=False)  # a sweep typo such as --lr_ must never match --lr_something
 
     def switch(group, name, help, default=False):
@@ -149,9 +176,10 @@ def build_parser():
     flag = hp.add_argument
     flag("--model", default="resnet10t", help="any timm.create_model name")
     flag("--model_kwargs", type=model_kwargs, default={},
-         help="more timm.create_model arguments, e.g. norm_layer=groupnorm1 (GroupNorm instead of BatchNorm)")
+         help="more timm.create_model arguments, e.g. norm_layer=groupnorm1 (GroupNorm instead of BatchNorm) "
+              "(default: none)")
     switch(hp, "--pretrained", "load timm's weights from the local HF cache or --pretrained_path")
-    flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained")
+    flag("--pretrained_path", default="", help="weights file (.safetensors/.pth) for --pretrained (default: none)")
     flag("--dataset", default="digits", choices=list(DATASETS),
          help="digits ships with scikit-learn: no download; imagefolder and wds read --data_dir")
     flag("--data_dir", default="data", help="root of torchvision datasets, the imagefolder folder, or the wds shards")
@@ -159,7 +187,7 @@ def build_parser():
          help="hold the decoded data in memory (on the GPU when there is one), or stream it through timm's "
               "transforms in --workers processes; auto: in memory when it fits 1/4 of the free memory")
     switch(hp, "--download", "let torchvision download the dataset (needs network)")
-    flag("--img_size", type=whole(8), default=16, help="pixels; images are resized to img_size x img_size")
+    flag("--img_size", type=whole(8, 2**14), default=16, help="pixels; images are resized to img_size x img_size")
     flag("--train_samples", type=whole(0), default=0, help="use only this many training images; 0 = all")
     flag("--val_fraction", type=number(0, 1, low_open=True), default=0.1, help="of the data held out for validation")
     flag("--test_fraction", type=number(0, 1, low_open=True), default=0.2,
@@ -170,32 +198,37 @@ def build_parser():
     flag("--epochs", type=whole(1), default=10, help="passes over the training split; the schedule spans them")
     flag("--max_updates", type=whole(0), default=0,
          help="train for exactly this many optimizer updates instead (the schedule spans them); 0 = use --epochs")
-    flag("--lr", type=positive, default=None, help="peak learning rate (default 0.002, or from --lr_base)")
+    flag("--lr", type=positive, default=None, help="peak learning rate (default: 0.002, or from --lr_base)")
     flag("--lr_base", type=positive, default=None,
          help="peak learning rate at --lr_base_size images a batch, scaled linearly with the global batch "
-              "(Goyal et al. 2017; timm's --lr-base): lr = lr_base x global_batch_size / lr_base_size")
+              "(Goyal et al. 2017; timm's --lr-base): lr = lr_base x global_batch_size / lr_base_size "
+              "(default: none, --lr)")
     flag("--lr_base_size", type=whole(1), default=256, help="the batch size --lr_base is for")
     flag("--optimizer", default="adamw", help="a timm optimizer name: adamw, sgd, adam, lamb, ...")
-    flag("--momentum", type=number(0, 1), default=None, help="for sgd-like optimizers (default 0.9 there)")
+    flag("--momentum", type=number(0, 1), default=None, help="for sgd-like optimizers (default: 0.9 there)")
     flag("--weight_decay", type=number(0, math.inf, example="0.05"), default=0.05, help="decoupled for adamw")
     flag("--scheduler", default="cosine", choices=("cosine", "step", "constant"), help="per update, by timm")
     flag("--warmup_epochs", type=whole(0), default=0, help="linear lr warm-up, in epochs")
     flag("--label_smoothing", type=number(0, 1), default=0.0, help="of the training loss")
     flag("--grad_accum_steps", type=whole(1), default=None,
-         help="micro-batches per update (default: accelerate launch's setting, else 1)")
+         help="micro-batches per update (default: 1, or accelerate launch's --gradient_accumulation_steps, "
+              "which Accelerate passes on only under DeepSpeed)")
     flag("--clip_grad", type=number(0, math.inf, example="1.0"), default=0.0, help="max gradient norm; 0 = off")
     flag("--mixed_precision", default=None, choices=("no", "fp16", "bf16"),
-         help="default: accelerate launch / accelerate config's setting, else no; fp16 needs a CUDA GPU")
-    flag("--seed", type=whole(0), default=0, help="fixes the split, the label noise, the init and the batch order")
+         help="fp16 needs a CUDA GPU (default: accelerate launch's or accelerate config's setting, else no)")
+    flag("--seed", type=whole(0, 2**32 - 1), default=0,  # numpy's seeds are 32-bit
+         help="fixes the split, the label noise, the init and the batch order")
 
     aug = p.add_argument_group("augmentation (named as timm's train.py names it; all off by default)")
     flag = aug.add_argument
     flag("--hflip", type=number(0, 1, high_open=False, example="0.5"), default=0.0,
          help="probability of a horizontal flip")
     flag("--scale", type=pair, default=None,
-         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1")
-    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default 0.75,1.33)")
-    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original")
+         help="random-resized crop: the range of the crop's area, as a fraction of the image, e.g. 0.08,1 "
+              "(default: none, no crop)")
+    flag("--ratio", type=pair, default=None, help="the crop's aspect-ratio range with --scale (default: 0.75,1.33)")
+    flag("--aa", default="", help="timm's RandAugment/AutoAugment spec, e.g. rand-m9-mstd0.5-inc1 or original "
+         "(default: none)")
     flag("--reprob", type=number(0, 1, high_open=False, example="0.25"), default=0.0,
          help="random-erasing probability")
     flag("--mixup", type=number(0, math.inf, example="0.8"), default=0.0, help="mixup alpha; 0 = off")
@@ -218,26 +251,29 @@ def build_parser():
 
     infra = p.add_argument_group("infrastructure")
     flag = infra.add_argument
-    flag("--config", default="", help="YAML file of flag defaults (or a W&B run's config.yaml); flags override it")
-    flag("--output_dir", default="", help="default runs/<run name>")
-    flag("--run_name", default="", help="W&B run name; also names the default --output_dir")
+    flag("--config", default="", help="YAML file of flag defaults (or a run's config.json, or W&B's config.yaml); "
+         "flags override it (default: none)")
+    flag("--output_dir", default="", help="(default: runs/<run name>, else runs/<$WANDB_RUN_ID>, else "
+         "runs/<W&B's run folder name>)")
+    flag("--run_name", default="", help="W&B run name; also names the default --output_dir (default: W&B's)")
     flag("--wandb_mode", default="", choices=("", "online", "offline", "disabled"),
-         help="default: $WANDB_MODE, else online with an API key and offline without")
+         metavar="{online,offline,disabled}",
+         help="(default: $WANDB_MODE, else online with an API key and offline without)")
     flag("--wandb_project", default="lab1", help="W&B project")
-    flag("--wandb_entity", default="", help="W&B user or team; default: your default entity")
-    flag("--wandb_group", default="", help="default: $WANDB_RUN_GROUP")
-    flag("--wandb_tags", type=tag_list, default="", help="comma-separated")
+    flag("--wandb_entity", default="", help="W&B user or team (default: your default entity)")
+    flag("--wandb_group", default="", help="(default: $WANDB_RUN_GROUP)")
+    flag("--wandb_tags", type=tag_list, default="", help="comma-separated (default: none)")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
     switch(infra, "--allow_code_change", "resume a checkpoint made by other code (another git commit, or "
            "uncommitted changes); config.json's git_commits then lists every commit the run trained under")
-    flag("--workers", "--num_workers", type=whole(0), default=None,
-         help="data-loading processes; default 0 in memory (none needed), min(4, cores) streaming")
+    flag("--workers", "--num_workers", type=whole(0, 1024), default=None,
+         help="data-loading processes (default: 0 in memory, none needed; min(4, cores) streaming)")
     flag("--cache_dir", default="", help="where image folders decoded for memory are kept "
-         "(default $XDG_CACHE_HOME/lab1/decoded, else ~/.cache/lab1/decoded)")
+         "(default: $XDG_CACHE_HOME/lab1/decoded, else ~/.cache/lab1/decoded)")
     switch(infra, "--cpu", "train on the CPU even when a GPU is present")
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
-           "dynamo setting, else off)", default=None)
+           "--dynamo_backend, else off)", default=None)
     switch(infra, "--cudnn_benchmark", "let cuDNN time its kernels for the first batch shapes (CUDA only)")
     return p
 
@@ -261,17 +297,22 @@ def load_config_file(parser, path):
         raise ConfigError(f"cannot read --config {path}: {e}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must be a mapping of flag names to values")
+    if "parameters" in values and ("method" in values or "program" in values):
+        raise ConfigError(f"--config {path} is a W&B sweep file: run it with `python sweep.py {path}` or "
+                          "`wandb sweep`; --config takes flag: value lines")
     values = {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in values.items()
               if k not in ("wandb_version", "_wandb", "config")}  # W&B's keys, and the file a run was given
     skipped = sorted(k for k in values if k in RECORDED)
+    # a run's record (config.json, W&B's config.yaml) holds the lr its --lr_base gave: the flag is lr_base
+    derived = ["lr"] if skipped and values.get("lr_base") is not None else []
     if skipped:
-        print(f"train.py: --config {path}: ignoring {', '.join(skipped)} (recorded by a run, not flags)",
+        print(f"train.py: --config {path}: ignoring {', '.join(derived + skipped)} (recorded by a run, not flags)",
               file=sys.stderr)
     actions = {a.dest: a for a in parser._actions}
     actions.update({s.lstrip("-"): a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     out = {}
     for key, value in values.items():
-        if key in RECORDED:
+        if key in RECORDED or key in derived:
             continue
         if key not in actions or key == "help":
             raise ConfigError(f"unknown key {key!r} in --config {path}; use the flag names of --help")
@@ -298,6 +339,8 @@ def check_args(a):
         (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
         (not DATASETS[a.dataset].reads_data_dir or a.download or Path(a.data_dir).exists(),
          f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
+        (a.pretrained or not a.pretrained_path,
+         f"--pretrained_path {a.pretrained_path} is read only with --pretrained: add --pretrained, or drop the path"),
         (all(len(t) <= 64 for t in a.wandb_tags.split(",")),
          "W&B tags are at most 64 characters; shorten --wandb_tags"),
         ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
@@ -310,7 +353,8 @@ def check_args(a):
          "augmix-m5-w3, or original"),
         (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
                                                                                   and not a.cpu),
-         "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
+         "--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision no (bf16 runs on a CPU too, "
+         "but usually several times slower)"),
         (not a.noise_scale or int(launcher_setting(a.grad_accum_steps, "GRADIENT_ACCUMULATION_STEPS", 1)) >= 2,
          "--noise_scale compares micro-batch and accumulated gradients: set --grad_accum_steps 2 or more"),
         (a.optimizer.lower() in timm.optim.list_optimizers(),
@@ -320,7 +364,12 @@ def check_args(a):
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
-    check_output_dir(a.output_dir or Path("runs") / a.run_name)
+    check_output_dir(chosen_output_dir(a) or "runs")
+    if a.cache_dir:
+        check_output_dir(a.cache_dir, "--cache_dir")
+    if (a.wandb_mode or os.environ.get("WANDB_MODE")) == "online" and not wandb.login(prompt=False, verify=False):
+        raise ConfigError("W&B online mode needs an API key: run `wandb login` or set WANDB_API_KEY, or use "
+                          "--wandb_mode offline (uploaded later with wandb sync)")
     if a.momentum is not None and a.optimizer.lower() in timm.optim.list_optimizers():
         if not timm.optim.get_optimizer_info(a.optimizer.lower()).has_momentum:
             raise ConfigError(f"--optimizer {a.optimizer} takes no momentum (its betas play that part); "
@@ -331,23 +380,43 @@ def check_args(a):
         raise ConfigError(f"unknown timm model {a.model!r}; {hint}")
 
 
-def check_output_dir(path):
-    """The run's folder must be one it can make and write, and a name W&B and JSON can record: checked before
-    W&B starts a run, so that a path that cannot work costs nothing. Raises ConfigError."""
+def chosen_output_dir(args):
+    """The output folder known before the run starts: --output_dir, else runs/<--run_name>, else runs/<W&B run id>
+    when $WANDB_RUN_ID gives it (wandb agent does, so that a requeued run finds its checkpoint); None: the folder
+    is runs/<W&B's run folder name>, new for each run."""
+    name = args.run_name or os.environ.get("WANDB_RUN_ID")
+    return Path(args.output_dir) if args.output_dir else Path("runs") / name if name else None
+
+
+def check_output_dir(path, name="--output_dir"):
+    """A folder the run will write can be made and written to: raises ConfigError naming what stops it (a file on
+    its path, no permission, a read-only disk, a name too long), before anything is written or W&B starts."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise ConfigError(f"--output_dir {shown} is not valid UTF-8, which W&B and the run's JSON files need; "
+        raise ConfigError(f"{name} {shown} is not valid UTF-8, which W&B and the run's JSON files need; "
                           "give a folder with a UTF-8 name") from None
-    folder = Path(path).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    path = existing = Path(path)
+    while True:  # the deepest part of the path that exists
+        try:
+            if existing.exists():
+                break
+        except OSError:  # no permission to look inside its parent, or a name too long: the checks below say
+            pass
+        existing = existing.parent
     if not existing.is_dir():
-        where = "is a file" if existing == folder else f"is under a file, {existing}"
-        raise ConfigError(f"--output_dir {path} {where}; give a folder")
+        raise ConfigError(f"{name} {path} is a file; give a folder" if existing == path else
+                          f"{name} {path}: {existing} is a file; give a folder path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output_dir {path} cannot be written ({existing} is read-only to this user); "
-                          "give a folder you can write")
+        why = ("is on a read-only disk" if os.statvfs(existing).f_flag & os.ST_RDONLY else
+               "is not writable (no permission)")
+        raise ConfigError(f"{name} {path}: {existing} {why}; give a folder you can write to")
+    limit = os.pathconf(existing, "PC_NAME_MAX")  # bytes a file name may take, 255 on Linux file systems
+    for part in path.relative_to(existing).parts:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(f"{name} {path}: the name {part[:16]}... is too long ({len(os.fsencode(part))} "
+                              f"bytes; at most {limit}); give a shorter --output_dir or --run_name")
 
 
 def valid_aa(spec):
@@ -388,6 +457,24 @@ def resolve(flags, accelerator, updates_per_epoch):
         "epochs": math.ceil(flags.max_updates / updates_per_epoch) if flags.max_updates else flags.epochs})
 
 
+if __name__ == "__main__":
+    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
+    if {"-h", "--help"} & set(sys.argv[1:]):  # answered before timm, accelerate and wandb are imported (seconds)
+        parse_args()
+
+import accelerate
+import timm
+import timm.data
+import timm.optim
+import timm.scheduler
+import torch
+import torch.nn.functional as F
+import wandb
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
+from safetensors import SafetensorError
+from tqdm import tqdm
+
 # ----------------------------------------------------------------------------------------------
 # Model
 
@@ -413,7 +500,9 @@ def create_model(args, num_classes, in_chans):
         raise ConfigError(f"cannot {what}: {str(e).splitlines()[0][:200]}") from None
     if path:
         check_weights_loaded(model, args, {k: v for k, v in kwargs.items() if "pretrained" not in k}, path)
-    return check_input_size(model, args, in_chans)
+    check_input_size(model, args, in_chans)
+    check_one_image_trains(model, args, in_chans)
+    return model
 
 
 def check_weights_loaded(model, args, kwargs, path):
@@ -448,13 +537,30 @@ def check_input_size(model, args, in_chans):
             model.train()
 
     if runs_at(args.img_size):
-        return model
+        return
     default = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
     sizes = sorted({default, *(args.img_size * 2 ** k for k in range(1, 6))})
     works = next((s for s in sizes if s > args.img_size and runs_at(s)), None)
     need = f"it runs at --img_size {works}" if works else f"its default input is {default} px"
     raise ConfigError(f"{args.model} cannot run at --img_size {args.img_size}: {need} "
                       "(ViTs also take --model_kwargs img_size=N)")
+
+
+def check_one_image_trains(model, args, in_chans):
+    """Batch norm cannot train on 1 value per channel: with --batch_size 1 (images per process and micro-batch)
+    and feature maps that end at 1x1, one training forward pass fails here, in one line, not in the first step.
+    The pass uses copies of the buffers and of the random state, so the model stays as it was."""
+    if args.batch_size > 1 or not batch_norms(model):
+        return
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            image = torch.zeros(1, in_chans, args.img_size, args.img_size)
+            torch.func.functional_call(model.train(), buffers, (image,))
+    except ValueError as e:
+        raise ConfigError(f"batch norm cannot train on 1 image per process at --img_size {args.img_size} "
+                          f"({str(e).splitlines()[0][:80]}); use --batch_size 2 or more, or a model without batch "
+                          "norm (--model_kwargs norm_layer=groupnorm1)") from None
 
 
 def cached_weights(model_name):
@@ -649,6 +755,7 @@ class Training:
         self.noise = NoiseScale(self.args, acc)
         self.bn_fresh_at = None  # the update at which batch norm was last recomputed
         self.stopping = False  # every rank has agreed to stop after this update (a signal)
+        self.compiled = not self.args.compile  # torch.compile has compiled the training step (compile_first)
 
     def build(self, flags):
         """Data, model, Accelerator, loaders, the resolved configuration (self.args), optimizer and schedule."""
@@ -687,6 +794,11 @@ class Training:
             warmup_epochs=args.warmup_epochs * per_epoch, decay_epochs=max(1, args.epochs // 3) * per_epoch,
             step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
+        warmup = args.warmup_epochs * per_epoch
+        if warmup >= self.total_updates and self.main:  # update k trains at the lr of step k - 1: below the peak
+            print(f"note: --warmup_epochs {args.warmup_epochs} ({warmup} updates) does not end within the run's "
+                  f"{args.epochs} epochs ({self.total_updates} updates): the lr never reaches its peak {args.lr:g}",
+                  flush=True)
 
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh), its W&B run and self.state."""
@@ -699,7 +811,7 @@ class Training:
                        "label_noise_changed": round(args.label_noise * self.sizes["train_size"]),
                        "data_path": self.data.path, "data_path_why": self.data.why, "data_workers": self.data.workers,
                        "augmentation": augmentation(args)}
-        self.out = Path(args.output_dir) if args.output_dir else Path("runs") / args.run_name if args.run_name else None
+        self.out = chosen_output_dir(args)
         resumed = self.check_folder() if self.out else None
         self.resumed = resumed is not None
         self.history = []
@@ -820,11 +932,11 @@ class Training:
         if stop.status == runfiles.OOM:
             summary.update({"oom/batch_size": self.args.batch_size, **{f"oom/{k}": v for k, v in stop.info.items()}})
         elapsed = time.perf_counter() - self.t0  # the interval cut short
-        if stop.status == runfiles.PREEMPTED:
+        images = int(self.accelerator.reduce(self.sums)[2].item())  # trained in it
+        if stop.status == runfiles.PREEMPTED:  # the checkpoint carries the interval on to the resumed part
             error = self.save_checkpoint(elapsed)
             summary.update({"checkpoint_error": error} if error else {})
-        else:
-            state.examples += int(self.accelerator.reduce(self.sums)[2].item())
+        state.examples += images  # for the summary, which counts every image trained, a preempted part's too
         state.clock["train"] += elapsed
 
     def failed(self, error, summary):
@@ -848,7 +960,9 @@ class Training:
         """One micro-batch: forward, the ranks' agreement on how to go on, backward, and the update when due.
         Raises Stop (oom, diverged)."""
         args, acc, model = self.args, self.accelerator, self.model
-        first = self.state.updates == 0 and step == 1 and not self.resumed and not args.compile
+        if not self.compiled:
+            self.compile_first(x, y)
+        first = self.state.updates == 0 and step == 1 and not self.resumed
         with acc.accumulate(model):
             oom = None
             try:
@@ -897,6 +1011,24 @@ class Training:
             raise Stop(runfiles.OOM, self.state.step, **memory_now(acc.device)) from None
         if acc.sync_gradients:
             self.scheduler.step_update(self.state.updates + 1)
+
+    def compile_first(self, x, y):
+        """torch.compile compiles the model at its first forward and backward pass: run both once, on the first
+        batch and apart from training (time/compile_s, not time/train_s), with the buffers (batch norm's
+        statistics) and the random state put back and the gradients dropped, so that training is as without it.
+        Every rank does it, so DDP's all-reduce in the backward pass is matched."""
+        start = time.perf_counter()
+        buffers = [b.clone() for b in self.model.buffers()]
+        with torch.random.fork_rng(devices=[self.accelerator.device] if self.accelerator.device.type == "cuda" else []):
+            F.cross_entropy(self.model(x), y).backward()
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        self.state.clock["compile"] = self.state.clock.get("compile", 0.0) + elapsed  # a resumed part compiles again
+        self.t0 += elapsed  # the training interval leaves it out
+        self.compiled = True
 
     def evaluation_point(self, step):
         """Close the training interval, evaluate on validation, and record one history row."""
@@ -1044,7 +1176,7 @@ class Training:
                "val/acc_final": last.get("val/acc", nan), "val/loss_final": last.get("val/loss", nan),
                "test/loss": nan, "test/acc": nan,
                "time/train_s": train_s, "time/eval_s": state.clock["eval"],
-               "time/precise_bn_s": state.clock["precise_bn"],
+               "time/precise_bn_s": state.clock["precise_bn"], "time/compile_s": state.clock.get("compile", 0.0),
                "throughput/train_img_s": state.examples / train_s if train_s else nan,
                "memory/activations_mb": state.activations_mb,
                **({"data/samples_per_rank": state.samples_per_rank} if state.samples_per_rank else {})}
@@ -1156,15 +1288,25 @@ def start_wandb(args, config, resume_id=None):
     init = dict(project=args.wandb_project, entity=args.wandb_entity or None, group=args.wandb_group or None,
                 tags=args.wandb_tags.split(",") if args.wandb_tags else None, name=args.run_name or None,
                 config=config, id=resume_id, resume="allow" if resume_id else None)
-    if mode == "online" and "WANDB_INIT_TIMEOUT" not in os.environ:
-        init["settings"] = wandb.Settings(init_timeout=30)  # seconds; W&B's own 90 s is long to learn "no network"
+    if mode == "online":
+        # the id W&B would take, known here so that a failed attempt's folder can be found
+        init["id"] = resume_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)  # not seeded, as W&B's
+        if "WANDB_INIT_TIMEOUT" not in os.environ:
+            init["settings"] = wandb.Settings(init_timeout=30)  # seconds; W&B's 90 s is long to learn "no network"
     try:
         run = wandb.init(mode=mode, **init)
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, TimeoutError) as e:
         if mode != "online":
             raise
-        # no network, or a key W&B refuses: the run is still recorded, offline, and can be uploaded later
-        print(f"wandb: cannot reach W&B ({str(e).splitlines()[0][:120]}); logging offline instead", flush=True)
+        # No network, or a key W&B refuses: the run is still recorded, offline, and can be uploaded later. W&B's
+        # failed attempt ends now (its last line is printed here, not after the result), and its folder goes:
+        # `wandb sync` would upload it as a second, empty run.
+        wandb.teardown()
+        attempts = list(Path(wandb.Settings().wandb_dir).glob(f"run-*-{init['id']}"))
+        for attempt in attempts:
+            shutil.rmtree(attempt, ignore_errors=True)
+        print(f"wandb: cannot reach W&B ({str(e).splitlines()[0][:120]}); logging offline instead"
+              + "".join(f" (the attempt's {a} is removed)" for a in attempts), flush=True)
         run, defaulted = wandb.init(mode="offline", **{k: v for k, v in init.items() if k != "settings"}), True
     run.define_metric("epoch")
     for key in runfiles.POINT_METRICS:  # plotted against epoch; the summary of val/acc and val/loss is the best
@@ -1276,11 +1418,16 @@ def run_folder(run):
 
 
 def peak_memory(accelerator):
-    """MB: on CUDA the peak torch allocation since the start; on CPU the process's peak RSS."""
+    """MB. CUDA: the peak torch allocation since the start. CPU: the process's peak resident memory less the pages
+    mapped from files (the libraries' code): the memory it allocated, however it started. A fork of a process
+    that imported the libraries (sweep.py's warm starts) maps their code only as it runs it, so its peak RSS alone
+    is 300 MB below a standalone run's; what it allocated is the same. Files mapped after the peak are few."""
     if accelerator.device.type == "cuda":
         return {"memory/peak_mb": torch.cuda.max_memory_allocated() / 2**20,
                 "memory/peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20}
-    return {"memory/peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    kib = {key: int(status[key].split()[0]) for key in ("VmHWM", "RssFile")}  # Linux, in KiB
+    return {"memory/peak_mb": (kib["VmHWM"] - kib["RssFile"]) / 1024}
 
 
 def memory_now(device):
@@ -1351,7 +1498,7 @@ def finish_run(args, run, out, summary, signum):
         run.log_artifact(artifact, aliases=["best"])
     if summary["status"] == runfiles.PREEMPTED:
         run.mark_preempting()  # W&B's agent requeues the run; the same command resumes it from out/checkpoint
-        print(f"preempted: checkpoint in {out / runfiles.CHECKPOINT}; run the same command to resume", flush=True)
+        print(f"preempted: checkpoint in {out / runfiles.CHECKPOINT}; {how_to_resume(args, out)}", flush=True)
     run.finish(exit_code(summary["status"], signum))
     if run.error:
         print(f"wandb: {after_wandb_failed(args, out, summary, run.error)}", flush=True)
@@ -1388,6 +1535,27 @@ def complete_ended(args, done):
                f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); run the same command again later"
 
 
+def chosen_by_config(args, argv):
+    """For the message of a folder that holds a run that ended: ' (...)' when the --config file, not the command
+    line, named that folder (a run's config.json does), with the flag that runs elsewhere; else ''."""
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    key = "output_dir" if args.output_dir else "run_name" if args.run_name else None
+    if not (args.config and key) or {"--output_dir", "--run_name"} & given:
+        return ""
+    return (f" (--config {args.config} sets {key} {getattr(args, key)}: add --output_dir NEW_DIR to rerun it "
+            "elsewhere)")
+
+
+def how_to_resume(args, out):
+    """What resumes a preempted run: the same command finds its folder again only if the folder was known before
+    the run started (chosen_output_dir)."""
+    if args.output_dir or args.run_name:
+        return "run the same command to resume"
+    if os.environ.get("WANDB_RUN_ID"):
+        return f"run the same command, with WANDB_RUN_ID={os.environ['WANDB_RUN_ID']} (as wandb agent does), to resume"
+    return f"run the same command with --output_dir {out} to resume"
+
+
 def main(argv=None):
     logging.raiseExceptions = False  # W&B's debug log on a full disk: not a traceback for every line it drops
     try:
@@ -1398,7 +1566,7 @@ def main(argv=None):
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Done as e:  # W&B's record of it completed, if a kill or a failure had cut it short
-        print(f"train.py: {complete_ended(args, e)}", file=sys.stderr)
+        print(f"train.py: {complete_ended(args, e)}{chosen_by_config(args, argv)}", file=sys.stderr)
         return None
     summary = training.finish(training.train())
     # The run's records are final. A SIGTERM from here on, say in the interpreter's teardown after Python has

@@ -195,17 +195,17 @@ BAD_INPUT = [
     (["--config=not_yaml.yaml"], "cannot read --config not_yaml.yaml"),
     (["--config=unknown_key.yaml"], "unknown key 'learning_rate'"),
     (["--config=bad_value.yaml"], "bad value for 'epochs'"),
-    (["--mixed_precision=fp16"], "fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
+    (["--mixed_precision=fp16"], "fp16 needs a CUDA GPU; on the CPU use --mixed_precision no"),
     (["--pretrained", "--pretrained_path=no_weights.pth"], "--pretrained_path no_weights.pth is not a file"),
     (["--batch_sise=64"], "unrecognized arguments: --batch_sise=64"),  # a typo must not quietly run the default
     (["--lr_=0.1"], "unrecognized arguments: --lr_=0.1"),  # nor a prefix match (allow_abbrev=False)
     (["--pretrained=maybe"], "expected true/false/1/0"),
     (["--mixed_precision=fp8"], "invalid choice: 'fp8'"),
-    (["--img_size=4"], "--img_size: expected a whole number >= 8"),
+    (["--img_size=4"], "--img_size: expected a whole number in [8, 16384]"),
     (["--val_fraction=1.5"], "--val_fraction: expected a number in (0, 1)"),
     (["--noise_scale"], "set --grad_accum_steps 2 or more"),
     # numbers out of their range
-    (["--seed=-1"], "--seed: expected a whole number >= 0"),
+    (["--seed=-1"], "--seed: expected a whole number in [0, 4294967295]"),
     (["--momentum=-0.5", "--optimizer=sgd"], "--momentum: expected a number in [0, 1)"),
     (["--weight_decay=-0.1"], "--weight_decay: expected a number >= 0"),
     (["--clip_grad=-1"], "--clip_grad: expected a number >= 0"),
@@ -214,7 +214,7 @@ BAD_INPUT = [
     (["--target_val_acc=1.5"], "--target_val_acc: expected a number in [0, 1]"),
     (["--evals_per_epoch=0"], "--evals_per_epoch: expected a whole number >= 1"),
     (["--grad_accum_steps=0"], "--grad_accum_steps: expected a whole number >= 1"),
-    (["--img_size=big"], "--img_size: expected a whole number >= 8"),
+    (["--img_size=big"], "--img_size: expected a whole number in [8, 16384]"),
     # sizes that leave a split empty or ask for more than there is
     (["--train_samples=5000"], "--train_samples 5000 is more than the 1259 training images"),
     (["--test_fraction=0.001"], "the test split is empty; raise --test_fraction"),

@@ -379,9 +379,9 @@ def unwritable(workdir):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("read-only", "cannot be written"),
-    ("read-only itself", "cannot be written"),
-    ("under a file", "is under a file"),
+    ("read-only", "is on a read-only disk"),
+    ("read-only itself", "is on a read-only disk"),
+    ("under a file", "a_file is a file"),
     ("not UTF-8", "not valid UTF-8"),
 ])
 def test_an_output_folder_that_cannot_be_written_is_refused_before_wandb_starts(workdir, monkeypatch, capsys,
