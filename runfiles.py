@@ -62,3 +62,18 @@ def read_history(path):
             return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
     except FileNotFoundError:
         return []
+
+
+# TEMP (sweepagent branch): the contract branch adds the real lists of metric keys; this stands in until the merge.
+_METRICS = {"epoch", "update", "examples", "train/loss", "train/acc", "train/lr", "val/loss", "val/acc",
+            "time/train_s", "throughput/train_img_s", "noise/trace_sigma", "noise/grad_sq", "noise/b_simple",
+            "status", "val/acc_final", "val/loss_final", "test/acc", "test/loss", "time/eval_s", "time/precise_bn_s",
+            "time/startup_s", "memory/peak_mb", "memory/peak_reserved_mb", "memory/activations_mb",
+            "target/updates", "target/examples", "target/train_s", "target/epoch", "stop/epoch", "stop/step",
+            "data/samples_per_rank", "wandb_run_dir"}
+_FAMILIES = ("oom/",)
+
+
+def is_metric(key):
+    """Whether train.py logs `key` (a history.csv column or a summary.json key; INTERFACE.md's tables)."""
+    return key in _METRICS or key.startswith(_FAMILIES)
