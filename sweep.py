@@ -35,6 +35,7 @@ import csv
 import ctypes
 import fcntl
 import importlib
+import itertools
 import json
 import math
 import multiprocessing.reduction
@@ -375,13 +376,37 @@ def first_rejected(module, argvs):
     return None
 
 
-def propose(config, runs, n):
-    """Up to n parameter points (n may be math.inf for a grid: all it has left), in one call of the engine, which
-    counts its own proposals as pending so that none repeats, and computes a grid once."""
+def propose(config, runs, n, sweep_dir=None):
+    """Up to n new parameter points (n may be math.inf for a grid: all it has left), none a point of runs (every
+    agent's ended and running Runs). A grid's points come from grid_points, those taken skipped; random and bayes
+    ask the engine once for n, and it counts its own proposals as pending, so that none repeats."""
     if n <= 0:
         return []
-    proposals = sweeps.next_runs(config, runs, n=sys.maxsize if n == math.inf else n)  # a grid stops when done
-    return [{k: native(v["value"]) for k, v in run.config.items()} for run in proposals if run is not None]
+    if config["method"] == "grid":
+        taken = {point_key(config, run.params) for run in runs}
+        left = (point for point in grid_points(config) if point_key(config, point) not in taken)
+        return list(itertools.islice(left, None if n == math.inf else n))
+    proposals = sweeps.next_runs(config, engine_runs(config, runs, sweep_dir), n=n)
+    return [{k: native(v["value"]) for k, v in run.config.items()} for run in proposals]
+
+
+GRIDS = {}  # a grid sweep's identity -> its points: an agent computes them once
+
+
+def grid_points(config):
+    """Every point of a grid in the engine's order, computed by the engine once an agent (next_runs with no runs).
+    The engine, asked for each next point, computes and hashes the whole grid again: 0.4 s a proposal at 10,000
+    points, and sweep.py asked it once for each point of a plan (bench/RESULTS.md)."""
+    key = json.dumps(identity(config), sort_keys=True)
+    if key not in GRIDS:
+        GRIDS[key] = [{k: native(v["value"]) for k, v in run.config.items()}
+                      for run in sweeps.next_runs(config, [], n=sys.maxsize) if run is not None]  # None: the end
+    return GRIDS[key]
+
+
+def point_key(config, params):
+    """What tells grid points apart, as the engine tells them: the values of the parameters that vary."""
+    return json.dumps([params.get(k) for k, spec in config["parameters"].items() if "value" not in spec])
 
 
 def native(value):
@@ -391,8 +416,8 @@ def native(value):
 
 
 def engine_runs(config, runs, sweep_dir):
-    """runs as the engine sees them, with their history only where the method reads it."""
-    return [run.sweep_run(sweep_dir, history=config["method"] == "bayes") for run in runs]
+    """runs as the engine sees them, with their history only where the method reads it (bayes)."""
+    return [run.sweep_run(sweep_dir, history=config["method"] == "bayes" and sweep_dir is not None) for run in runs]
 
 
 def flags(params, run_dir=None):
@@ -523,10 +548,10 @@ def claimed_runs(sweep_dir):
 def left_behind(sweep_dir, run):
     """A stale claim's run as its folder says it ended: the final status of its summary.json, or `preempted` when
     it saved a checkpoint (to resume, under its id), else None (cut off before either: its point runs again)."""
+    if run.params is None:  # its claim was cut while being written: nothing says which point it ran
+        return None
     run_dir = sweep_dir / run.run_id
     summary = runfiles.read_json(run_dir / runfiles.SUMMARY) or {}
-    if run.params is None:
-        return None
     if summary.get("status") in runfiles.STATUSES and summary["status"] != "preempted":
         run.status = summary["status"]
     elif (run_dir / "checkpoint" / "progress.json").exists():
@@ -578,7 +603,7 @@ def next_run(config, sweep_dir, new_allowed):
         run = next(iter(to_resume(rows, held)), None)
         everyone = every_run(rows, held)
         if run is None and new_allowed and new_runs_allowed(config, everyone, 1) > 0:
-            points = propose(config, engine_runs(config, everyone, sweep_dir), 1)
+            points = propose(config, everyone, 1, sweep_dir)
             run = Run(generate_id(), points[0]) if points else None
         if run is not None:
             claim(sweep_dir, run)
@@ -593,7 +618,7 @@ def plan(config, sweep_dir, count):
     n = new_runs_allowed(config, everyone, count)
     if n == math.inf and config["method"] != "grid":
         n = 1
-    return to_resume(rows, held), propose(config, engine_runs(config, everyone, sweep_dir), n)
+    return to_resume(rows, held), propose(config, everyone, n, sweep_dir)
 
 
 def save_row(config, sweep_dir, run):

@@ -157,7 +157,7 @@ def test_bayes_learns_from_every_kind_of_ended_run(tmp_path):
         ended.append(sweep.Run(f"r{i}", point, status, 0, summary))
     (tmp_path / "r2").mkdir()
     (tmp_path / "r2/history.csv").write_text("epoch,val/acc\n1,0.5\n")  # a stopped run's metric: its history
-    points = sweep.propose(config, [run.sweep_run(tmp_path) for run in ended], 2)
+    points = sweep.propose(config, ended, 2, tmp_path)
     assert len(points) == 2 and points[0] != points[1]
     assert all(1e-4 <= p["lr"] <= 0.1 and p["batch_size"] in (16, 32, 64, 128, 256) for p in points)
 
@@ -182,7 +182,7 @@ def test_values_written_1e_3_are_numbers_and_every_value_reads_back_from_results
                         list(config["parameters"]))
     back = sweep.read_results(tmp_path / "results.csv", config["parameters"])
     assert [run.params for run in back] == points
-    assert sweep.propose(config, [run.sweep_run(tmp_path) for run in back], 100) == []  # nothing left to run
+    assert sweep.propose(config, back, 100) == []  # nothing left to run
 
 
 def schema_distributions():
@@ -746,9 +746,9 @@ def test_output_cut_short_is_no_error(argv, points, workdir):
         assert [row["status"] for row in read_csv(workdir / "runs/sweeps/big/results.csv")] == ["finished"] * 3
 
 
-def test_a_large_grid_is_proposed_in_one_call_of_the_engine_and_its_taken_points_skipped(tmp_path):
-    # A grid's points are the engine's to compute, once a proposal; sweep.py used to ask for them one at a time,
-    # the engine computing the whole grid for each (bench/sweep_scale.py measures it).
+def test_a_large_grid_is_computed_by_the_engine_once_and_its_taken_points_skipped(tmp_path):
+    # sweep.py used to ask the engine for each point of a plan, and the engine computed the whole grid each time
+    # (bench/sweep_scale.py measures it): the engine now computes it once an agent.
     config = sweep.load_sweep(write_sweep(tmp_path / "g.yaml", {"seed": {"values": list(range(250))},
                                                                  "lr": {"values": [0.1, 0.01, 0.001, 0.2]}}))
     points = sweep.propose(config, [], math.inf)
@@ -756,8 +756,10 @@ def test_a_large_grid_is_proposed_in_one_call_of_the_engine_and_its_taken_points
     taken = [sweep.Run(f"r{i}", point, "finished", 0) for i, point in enumerate(points[::2])]
     sweep.write_results(tmp_path / "results.csv", taken, list(config["parameters"]))
     rows = sweep.read_results(tmp_path / "results.csv", config["parameters"])
-    assert sweep.propose(config, sweep.engine_runs(config, rows, tmp_path), math.inf) == points[1::2]
-    assert sweep.propose(config, sweep.engine_runs(config, rows, tmp_path), 3) == points[1:6:2]
+    assert sweep.propose(config, rows, math.inf) == points[1::2]
+    assert sweep.propose(config, rows, 3) == points[1:6:2]
+    assert points == [{k: v["value"] for k, v in run.config.items()}  # the engine's own order, skipping none
+                      for run in sweeps.next_runs(config, [], n=1000)]
 
 
 GRID = "program: PROGRAM\nmethod: grid\nparameters: {lr: {values: [0.1]}}\n"
