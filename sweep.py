@@ -359,6 +359,7 @@ def check_flags(program, argvs, out=None):
     2, or exit 0. check_program made sure it is a train.py with parse_args, which does nothing at import but
     import."""
     sys.path[0] = str(Path(program).resolve().parent)  # as `python train.py` has it
+    os.environ["WANDB_MODE"] = "offline"  # as launch gives every run
     module = runpy.run_path(program, run_name="__sweep_check__")  # its globals; main() does not run
     error = first_rejected(module, argvs)
     if error:

@@ -164,7 +164,7 @@ def test_bayes_learns_from_every_kind_of_ended_run(tmp_path):
 
 def test_results_cells_read_back_as_the_values_written():
     for value in [16, 1e-05, 0.1, 100.0, 3e-4, True, False, "adamw", "resnet10t"]:
-        back = sweep.parse_cell(str(value))
+        back = runfiles.parse_cell(str(value))
         assert back == value and type(back) is type(value)
 
 
