@@ -177,6 +177,7 @@ def split_data(args, parts, num_classes):
                           f"images; use --batch_size {len(splits['train'][1])} or less")
     x_train, y_train = splits["train"]
     splits["train"] = (x_train, add_label_noise(y_train, args.label_noise, num_classes, args.seed))
+    splits["train_true_labels"] = y_train  # before the noise: train.py's train/acc_clean and train/acc_noisy
     return splits
 
 

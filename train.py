@@ -57,7 +57,7 @@ RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "
             "examples_per_epoch", "updates_per_epoch")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
-             "wandb_tags", "log_model", "num_workers")
+             "wandb_tags", "log_model", "num_workers", "num_threads")
 BN_SETTLED = 100  # updates after which batch norm's running statistics (momentum 0.1) forget their start
 
 
@@ -149,6 +149,9 @@ def build_parser():
     flag("--label_noise", type=number(0, 1), default=0.0,
          help="fraction of the training labels (never val or test) replaced by another class, fixed by --seed")
     flag("--batch_size", type=whole(1), default=64, help="per process and per micro-batch")
+    flag("--ghost_batch_size", type=whole(0), default=0,
+         help="ghost batch norm (Hoffer et al. 2017): in training, batch norm normalises each group of this many "
+              "images of a process's batch with the group's own statistics; must divide --batch_size; 0 = off")
     flag("--epochs", type=whole(1), default=10, help="passes over the training split; the schedule spans them")
     flag("--max_updates", type=whole(0), default=0,
          help="train for exactly this many optimizer updates instead (the schedule spans them); 0 = use --epochs")
@@ -183,6 +186,12 @@ def build_parser():
          help="record the first point with val/acc >= this as target/updates, target/examples, target/train_s; "
               "0 = off")
     switch(ev, "--stop_at_target", "end the run there (status reached_target)")
+    flag("--sharpness_every", type=whole(0), default=0,
+         help="log sharpness/top_eig, the top eigenvalue of the training loss's Hessian, at every this-many-th "
+              "evaluation point and the run's last; 0 = off")
+    flag("--sharpness_samples", type=whole(1), default=128,
+         help="the fixed random training images (drawn by --seed) sharpness is measured on, as one batch")
+    flag("--sharpness_iters", type=whole(1), default=20, help="most Hessian-vector products of the power iteration")
 
     infra = p.add_argument_group("infrastructure")
     flag = infra.add_argument
@@ -197,6 +206,9 @@ def build_parser():
     flag("--wandb_tags", default="", help="comma-separated")
     switch(infra, "--log_model", "upload the best model (model.safetensors) to W&B as an artifact")
     flag("--num_workers", type=whole(0), default=0, help="loader workers; in-memory data needs none")
+    flag("--num_threads", type=whole(0), default=0,
+         help="CPU threads of torch's ops (torch.set_num_threads), fixed for timing; 0 = torch's default (one a "
+              "core); config.json records the count used")
     switch(infra, "--cpu", "train on the CPU even when a GPU is present")
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
@@ -265,6 +277,12 @@ def check_args(a):
         ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
         (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
+        (not a.ghost_batch_size or a.batch_size % a.ghost_batch_size == 0,
+         f"--ghost_batch_size {a.ghost_batch_size} does not divide --batch_size {a.batch_size} (the images of one "
+         "process's batch); give a divisor of it, or 0 for batch norm over the whole batch"),
+        (not (a.ghost_batch_size and a.sharpness_every) or a.sharpness_samples % a.ghost_batch_size == 0,
+         f"--sharpness_samples {a.sharpness_samples} is measured as one batch in ghost groups: give a multiple of "
+         f"--ghost_batch_size {a.ghost_batch_size}"),
         (a.lr is None or a.lr_base is None, "give --lr or --lr_base, not both"),
         (launcher_setting(a.mixed_precision, "MIXED_PRECISION", "no") != "fp16" or (torch.cuda.is_available()
                                                                                   and not a.cpu),
@@ -326,7 +344,10 @@ def create_model(args, num_classes, in_chans):
         raise ConfigError(f"cannot {what}: {str(e).splitlines()[0][:200]}") from None
     if path:
         check_weights_loaded(model, args, {k: v for k, v in kwargs.items() if "pretrained" not in k}, path)
-    return check_input_size(model, args, in_chans)
+    model = check_input_size(model, args, in_chans)
+    if args.ghost_batch_size:
+        use_ghost_batch_norm(model, args.ghost_batch_size, args.model)
+    return model
 
 
 def check_weights_loaded(model, args, kwargs, path):
@@ -383,6 +404,47 @@ def cached_weights(model_name):
 
 def batch_norms(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+class GhostBatchNorm2d(torch.nn.BatchNorm2d):
+    """Ghost batch norm (Hoffer et al. 2017): in training, each group of `ghost_size` consecutive images of a batch
+    is normalised with its own mean and variance, so the statistics no longer depend on the batch size. The running
+    statistics move once a batch, as nn.BatchNorm2d's do, towards the groups' mean of means and mean of unbiased
+    variances (momentum None: the cumulative average precise BN uses); evaluation and the state dict are
+    nn.BatchNorm2d's."""
+
+    ghost_size = 0
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        count = self.ghost_size * x[0, 0].numel()  # values per channel in one group
+        if x.shape[0] % self.ghost_size or count == 1:  # as nn.BatchNorm2d: one value has no variance
+            raise ValueError(f"batch of {tuple(x.shape)} in ghost groups of {self.ghost_size}: need whole groups "
+                             "and more than 1 value per channel")
+        groups = x.reshape(-1, self.ghost_size, *x.shape[1:])  # (n, G, C, H, W): n ghost groups of G images
+        var, mean = torch.var_mean(groups, dim=(1, 3, 4), correction=0, keepdim=True)
+        y = (groups - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.mean(0).flatten(), factor)
+                self.running_var.lerp_(var.mean(0).flatten() * count / (count - 1), factor)
+        return y.reshape(x.shape)
+
+
+def use_ghost_batch_norm(model, size, name):
+    """Every nn.BatchNorm2d of the model becomes a GhostBatchNorm2d in place (same weights and buffers)."""
+    norms = batch_norms(model)
+    other = sorted({type(m).__name__ for m in norms if type(m) is not torch.nn.BatchNorm2d})
+    if not norms or other:
+        raise ConfigError(f"--ghost_batch_size replaces torch.nn.BatchNorm2d layers, and {name} has "
+                          f"{', '.join(other) if other else 'no batch norm'}; drop --ghost_batch_size")
+    for m in norms:
+        m.__class__, m.ghost_size = GhostBatchNorm2d, size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,10 +568,85 @@ def evaluate(accelerator, model, loader, prefix):
     return {f"{prefix}/loss": loss.mean().item(), f"{prefix}/acc": (pred == y).float().mean().item()}, pred, y
 
 
+def eval_batch_size(args):
+    return max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
+
+
+def precise_bn_batch(args, train_size, processes):
+    """Images in each batch of the precise-BN pass: evaluation's batch, at most one process's share of the
+    training split, in whole ghost groups (batch_size, which they divide, is at most that share)."""
+    size = max(1, min(eval_batch_size(args), train_size // processes))
+    return size - size % args.ghost_batch_size if args.ghost_batch_size else size
+
+
 def recompute_batch_norm(accelerator, model, loader):
     """Precise BN (Wu & Johnson 2021): each batch-norm layer's statistics become the plain average over the
     training split, in train mode without gradients, instead of the running average of the last updates."""
     torch.optim.swa_utils.update_bn(loader, accelerator.unwrap_model(model))
+
+
+def power_iteration(matvec, start, iters, tol):
+    """The eigenvalue of largest magnitude of a symmetric linear map (a list of tensors to a list of tensors), from
+    the vector `start`: Rayleigh quotients until two agree within tol (relative), or after iters products."""
+    v, estimate = start, math.nan
+    for _ in range(iters):
+        norm = torch.sqrt(sum((a * a).sum() for a in v))
+        v = [a / norm for a in v]
+        mv = matvec(v)
+        new = sum((a * b).sum() for a, b in zip(mv, v, strict=True)).item()
+        if abs(new - estimate) <= tol * abs(new):
+            return new
+        estimate, v = new, mv
+    return estimate
+
+
+def top_eigenvalue(hvp, start, iters, tol=1e-3):
+    """The largest (most positive) eigenvalue of a symmetric map such as a Hessian: power iteration, and if the
+    largest in magnitude is negative (far from a minimum), power iteration again on the map shifted by it, whose
+    top eigenvalue then dominates. Each pass takes at most iters products."""
+    top = power_iteration(hvp, start, iters, tol)
+    if top < 0:
+        shifted = power_iteration(lambda v: [a - top * b for a, b in zip(hvp(v), v, strict=True)], start, iters, tol)
+        top += shifted
+    return top
+
+
+def sharpness(model, x, y, iters, seed, label_smoothing=0.0):
+    """The top eigenvalue of the Hessian of the training loss on the batch (x, y) with respect to the weights (no
+    weight decay), by power iteration on Hessian-vector products (double backward), from a random start fixed by
+    seed. In train mode, as SGD sees the loss: batch norm normalises with the statistics of x (in ghost groups if
+    set). The running statistics, the mode and the global RNG are restored, so training goes on bit for bit."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = [b.clone() for b in model.buffers()]
+    was_training = model.training
+    generator = torch.Generator(x.device).manual_seed(seed)
+    start = [torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params]
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            loss = F.cross_entropy(model.train()(x), y, label_smoothing=label_smoothing)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            return top_eigenvalue(lambda v: torch.autograd.grad(grads, params, v, retain_graph=True), start, iters)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers, strict=True):
+                buffer.copy_(saved)
+
+
+def sharpness_images(train_set, n, seed):
+    """The n training images (and labels) sharpness is measured on: the same for every point of a run."""
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:n]
+    return train_set.__getitems__(pick.tolist())
+
+
+def label_noise_accuracy(pred, labels, true_labels):
+    """Evaluation-mode predictions of the training images -> accuracy on those whose label was kept (clean) and
+    on those relabelled (noisy), both against the labels trained on (so acc_noisy is memorisation of the wrong
+    labels), and on the relabelled against their true labels."""
+    changed, right = labels != true_labels, pred == labels
+    return {"train/acc_clean": right[~changed].float().mean().item(),
+            "train/acc_noisy": right[changed].float().mean().item(),
+            "train/acc_noisy_true": (pred == true_labels)[changed].float().mean().item()}
 
 
 def average_batch_norm(accelerator, model):
@@ -538,6 +675,9 @@ class Training:
     def build(self):
         """Data, model, Accelerator, optimizer, loaders and schedule."""
         args = self.args
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
+        args.num_threads = torch.get_num_threads()  # recorded: time and throughput depend on it
         set_seed(args.seed)
         splits, self.classes = load_splits(args)
         set_seed(args.seed)
@@ -573,16 +713,17 @@ class Training:
             return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                                                collate_fn=keep_batch, num_workers=args.num_workers)
 
-        eval_batch = max(args.batch_size, 512)  # bench/cpu_tactics.py: 512 evaluates 1.3x faster than 64
+        eval_batch = eval_batch_size(args)
         # The training loader drops a short last batch, as the reference scripts do: a batch of one image
         # breaks batch norm, and every update then sees batch_size images.
         self.model, self.optimizer, self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
             model, optimizer, loader(train_set, args.batch_size, shuffle=True, drop_last=True),
             loader(val_set, eval_batch), loader(test_set, eval_batch),
-            loader(train_set, max(1, min(eval_batch, len(train_set) // acc.num_processes)), drop_last=True))
+            loader(train_set, precise_bn_batch(args, len(train_set), acc.num_processes), drop_last=True))
         if len(self.train_dl) == 0:
             raise ConfigError(f"--batch_size {args.batch_size} x {acc.num_processes} processes is more than the "
                               f"{len(train_set)} training images; use a smaller --batch_size")
+        self.instruments(args, splits, train_set, loader(train_set, eval_batch))
         per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / args.grad_accum_steps)
         if args.max_updates:  # the epochs it starts, the last one cut short
             args.epochs = math.ceil(args.max_updates / per_epoch)
@@ -596,6 +737,18 @@ class Training:
             step_on_epochs=False, updates_per_epoch=1)
         acc.register_for_checkpointing(self.scheduler)
         self.sizes = {"train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set)}
+
+    def instruments(self, args, splits, train_set, train_eval_loader):
+        """The fixed images sharpness is measured on, and with label noise the true training labels and a loader
+        over the training split in its order (for train/acc_clean, train/acc_noisy)."""
+        if args.sharpness_every:
+            if args.sharpness_samples > len(train_set):
+                raise ConfigError(f"--sharpness_samples {args.sharpness_samples} is more than the {len(train_set)} "
+                                  "training images; give fewer")
+            self.sharpness_batch = sharpness_images(train_set, args.sharpness_samples, args.seed)
+        if args.label_noise:
+            self.true_labels = torch.as_tensor(splits["train_true_labels"], device=train_set.labels.device)
+            self.train_eval_dl = self.accelerator.prepare(train_eval_loader)
 
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh) and its W&B run."""
@@ -659,7 +812,7 @@ class Training:
         self.preemption = preemption
         self.noise = NoiseScale(args, acc)
         self.updates, self.examples = p.get("updates", 0), p.get("examples", 0)
-        self.clock = dict(p.get("clock", {"train": 0.0, "eval": 0.0, "precise_bn": 0.0}))
+        self.clock = {"train": 0.0, "eval": 0.0, "precise_bn": 0.0, "sharpness": 0.0, **p.get("clock", {})}
         self.activations_mb = p.get("activations_mb", math.nan)
         self.bn_fresh_at = None  # the update at which batch norm was last recomputed
         self.lr = self.optimizer.param_groups[0]["lr"]
@@ -765,7 +918,7 @@ class Training:
                "train/loss": loss_sum / n, "train/acc": correct / n, "train/lr": self.lr}
         row.update(self.evaluate(self.val_dl, "val")[0])
         row.update({"time/train_s": self.clock["train"], "throughput/train_img_s": n / interval_s,
-                    **self.noise.interval()})
+                    **self.noise.interval(), **self.memorisation(), **self.measure_sharpness()})
         best = min((h["val/loss"] for h in self.history), default=math.inf)
         self.history.append(row)
         if row["val/loss"] < best:  # the best model so far, on every rank's call; the main process writes
@@ -780,6 +933,32 @@ class Training:
             raise Stop("reached_target", step)
         if args.early_stopping_patience and points_since_best(self.history) >= args.early_stopping_patience:
             raise Stop("early_stopped", step)
+
+    def memorisation(self):
+        """With --label_noise: train/acc_clean, train/acc_noisy, train/acc_noisy_true, in evaluation mode as val/*
+        (timed as evaluation). Raises Stop (oom)."""
+        if not self.args.label_noise:
+            return {}
+        _, pred, labels = self.evaluate(self.train_eval_dl, "label_noise")  # gathered in the split's order
+        return label_noise_accuracy(pred, labels, self.true_labels)
+
+    def measure_sharpness(self):
+        """sharpness/top_eig at every --sharpness_every-th evaluation point and the run's last update, timed apart
+        from training and evaluation (time/sharpness_s). Raises Stop (oom)."""
+        args, acc = self.args, self.accelerator
+        point = len(self.history) + 1  # this evaluation point's number, counted from 1
+        if not args.sharpness_every or (point % args.sharpness_every and self.updates < self.total_updates):
+            return {}
+        start = time.perf_counter()
+        try:
+            eig = sharpness(acc.unwrap_model(self.model), *self.sharpness_batch, args.sharpness_iters, args.seed,
+                            args.label_smoothing)
+        except (RuntimeError, MemoryError) as e:
+            if not is_oom(e):
+                raise
+            raise Stop("oom", 0, phase="sharpness", **memory_now(acc.device)) from None
+        self.clock["sharpness"] += time.perf_counter() - start
+        return {"sharpness/top_eig": eig}
 
     def evaluate(self, loader, prefix):
         """evaluate(), after precise BN when asked; both timed apart from training. Raises Stop (oom)."""
@@ -874,7 +1053,7 @@ class Training:
                "val/acc_final": last.get("val/acc", nan), "val/loss_final": last.get("val/loss", nan),
                "test/loss": nan, "test/acc": nan,
                "time/train_s": self.clock["train"], "time/eval_s": self.clock["eval"],
-               "time/precise_bn_s": self.clock["precise_bn"],
+               "time/precise_bn_s": self.clock["precise_bn"], "time/sharpness_s": self.clock["sharpness"],
                "throughput/train_img_s": self.examples / self.clock["train"] if self.clock["train"] else nan,
                "memory/activations_mb": self.activations_mb}
         if self.args.target_val_acc:
@@ -954,7 +1133,8 @@ def start_wandb(args, config, resume_id=None):
         print(f"wandb: cannot reach W&B ({str(e).splitlines()[0][:120]}); logging offline instead", flush=True)
         run, defaulted = wandb.init(mode="offline", **{k: v for k, v in init.items() if k != "settings"}), True
     run.define_metric("epoch")
-    for key in ("train/*", "val/*", "time/train_s", "throughput/*", "noise/*", "update", "examples"):
+    for key in ("train/*", "val/*", "time/train_s", "throughput/*", "noise/*", "sharpness/*", "update",
+                "examples"):
         run.define_metric(key, step_metric="epoch")
     run.define_metric("val/acc", summary="max")
     run.define_metric("val/loss", summary="min")
