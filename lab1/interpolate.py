@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py, data.py, runfiles.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py and the modules beside it
 
 import timm.data
 import torch
@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 import data
+import instruments
 import runfiles
 import train
 from data import ConfigError
@@ -94,7 +95,7 @@ def line(accelerator, a, folders, opts):
                                            drop_last=drop_last)
 
     bn_loader = loader("train", train.precise_bn_batch(a, len(sets["train"]), 1), drop_last=True)
-    probe = train.sharpness_images(sets["train"], opts.sharpness_samples, a.seed) if opts.sharpness_samples else None
+    probe = instruments.sharpness_images(sets["train"], opts.sharpness_samples, a.seed) if opts.sharpness_samples else None
     rows = []
     for alpha in torch.linspace(opts.alpha_min, opts.alpha_max, opts.points, dtype=torch.float64).tolist():
         # lerp is exact at 0 and 1; integer buffers (batches tracked) are recomputed with the statistics
@@ -105,7 +106,7 @@ def line(accelerator, a, folders, opts):
         for name in sets:
             row.update(train.evaluate(accelerator, model, loader(name, train.eval_batch_size(a)), name)[0])
         if probe:
-            row["sharpness/top_eig"] = train.sharpness(model, *probe, opts.sharpness_iters, a.seed,
+            row["sharpness/top_eig"] = instruments.sharpness(model, *probe, opts.sharpness_iters, a.seed,
                                                        a.label_smoothing)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         rows.append(row)

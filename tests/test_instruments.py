@@ -14,6 +14,7 @@ from conftest import ROOT, TINY, inspect_wandb, run, summary_of, train_many
 
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
+import instruments  # noqa: E402
 import runfiles  # noqa: E402
 import train  # noqa: E402
 
@@ -21,7 +22,7 @@ import train  # noqa: E402
 def ghost(bn, size):
     """A copy of an nn.BatchNorm2d as train.py's ghost batch norm makes it."""
     net = torch.nn.Sequential(bn)
-    train.use_ghost_batch_norm(net, size, "test")
+    instruments.use_ghost_batch_norm(net, size, "test")
     return net[0]
 
 
@@ -133,18 +134,18 @@ def quadratic(eigenvalues, seed=0):
 
 def test_power_iteration_finds_the_top_eigenvalue_of_a_quadratic():
     hvp, products, start = quadratic([7.0, 3.0, 1.0, 0.5, -2.0, 0.0])
-    assert train.top_eigenvalue(hvp, start, iters=200, tol=1e-10) == pytest.approx(7.0, rel=1e-8)
+    assert instruments.top_eigenvalue(hvp, start, iters=200, tol=1e-10) == pytest.approx(7.0, rel=1e-8)
     assert len(products) < 200  # it stopped when the estimate settled
     # iters caps the products; the estimate is then the last Rayleigh quotient, below the top
     products.clear()
-    low = train.top_eigenvalue(hvp, start, iters=2, tol=0)
+    low = instruments.top_eigenvalue(hvp, start, iters=2, tol=0)
     assert len(products) == 2 and -2 < low < 7
 
 
 def test_top_eigenvalue_is_the_most_positive_even_when_a_negative_one_is_larger():
     hvp, products, start = quadratic([3.0, 1.0, 0.2, -7.0], seed=1)
-    assert train.power_iteration(hvp, start, iters=500, tol=1e-12) == pytest.approx(-7.0, rel=1e-8)
-    assert train.top_eigenvalue(hvp, start, iters=500, tol=1e-12) == pytest.approx(3.0, rel=1e-6)
+    assert instruments.power_iteration(hvp, start, iters=500, tol=1e-12) == pytest.approx(-7.0, rel=1e-8)
+    assert instruments.top_eigenvalue(hvp, start, iters=500, tol=1e-12) == pytest.approx(3.0, rel=1e-6)
 
 
 def test_sharpness_of_a_linear_classifier_is_its_hessian_top_eigenvalue():
@@ -167,7 +168,7 @@ def test_sharpness_of_a_linear_classifier_is_its_hessian_top_eigenvalue():
     for b, saved in zip(model.buffers(), buffers, strict=True):  # the hessian's forward passes moved them
         b.copy_(saved)
     rng = torch.get_rng_state()
-    assert train.sharpness(model, x, y, iters=500, seed=0) == pytest.approx(top, rel=1e-3)
+    assert instruments.sharpness(model, x, y, iters=500, seed=0) == pytest.approx(top, rel=1e-3)
     assert not model.training  # as it was
     assert all(torch.equal(b, saved) for b, saved in zip(model.buffers(), buffers, strict=True))
     assert torch.equal(torch.get_rng_state(), rng)
@@ -177,7 +178,7 @@ def test_label_noise_accuracy_counts_kept_and_changed_labels_apart():
     true = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     labels = torch.tensor([0, 1, 2, 3, 9, 9, 9, 9])  # the last 4 relabelled
     pred = torch.tensor([0, 1, 2, 0, 9, 9, 6, 0])
-    assert train.label_noise_accuracy(pred, labels, true) == {
+    assert instruments.label_noise_accuracy(pred, labels, true) == {
         "train/acc_clean": 0.75, "train/acc_noisy": 0.5, "train/acc_noisy_true": 0.25}
 
 
