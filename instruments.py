@@ -67,7 +67,7 @@ def power_iteration(matvec, start, iters, tol):
         v = [a / norm for a in v]
         mv = matvec(v)
         new = sum((a * b).sum() for a, b in zip(mv, v, strict=True)).item()
-        if abs(new - estimate) <= tol * abs(new):
+        if abs(new - estimate) <= tol * abs(new) or not math.isfinite(new):  # settled, or a diverged model's NaN
             return new
         estimate, v = new, mv
     return estimate

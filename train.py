@@ -957,6 +957,8 @@ class Training:
             out.update({f"target/{k}": hit.get(key, nan) for k, key in
                         (("updates", "update"), ("examples", "examples"), ("train_s", "time/train_s"),
                          ("epoch", "epoch"))})
+        # the last value of each instrument logged at some points only, as W&B's summary keeps it
+        out.update({k: v for r in h for k, v in r.items() if k.startswith(("sharpness/", "train/acc_"))})
         if self.args.noise_scale and h:  # over the whole run: the ratio of the summed estimates, far less noisy
             out["noise/b_simple"] = b_simple(sum(r["noise/trace_sigma"] for r in h), sum(r["noise/grad_sq"] for r in h))
         return out

@@ -214,6 +214,8 @@ def test_sharpness_and_memorisation_in_a_run_leave_its_training_bit_for_bit(work
     s, p = summary_of(workdir / "sharp"), summary_of(workdir / "plain")
     assert (s["test/loss"], s["test/acc"]) == (p["test/loss"], p["test/acc"])
     assert s["time/sharpness_s"] > 0 and p["time/sharpness_s"] == 0 and "sharpness/top_eig" not in plain[0]
+    assert s["sharpness/top_eig"] == sharp[-1]["sharpness/top_eig"] and "sharpness/top_eig" not in p  # the last
+    assert p["train/acc_noisy"] == plain[-1]["train/acc_noisy"]
     recorded = inspect_wandb(s["wandb_run_dir"])["summary"]
     assert recorded["sharpness/top_eig"] == pytest.approx(sharp[-1]["sharpness/top_eig"])
     assert recorded["train/acc_noisy"] == pytest.approx(sharp[-1]["train/acc_noisy"])
