@@ -95,9 +95,10 @@ def line(accelerator, a, folders, opts):
                                            drop_last=drop_last)
 
     bn_loader = loader("train", train.precise_bn_batch(a, len(sets["train"]), 1), drop_last=True)
-    probe = instruments.sharpness_images(sets["train"], opts.sharpness_samples, a.seed) if opts.sharpness_samples else None
+    probe = opts.sharpness_samples and instruments.sharpness_images(sets["train"], opts.sharpness_samples, a.seed)
     rows = []
-    for alpha in torch.linspace(opts.alpha_min, opts.alpha_max, opts.points, dtype=torch.float64).tolist():
+    alphas = torch.linspace(opts.alpha_min, opts.alpha_max, opts.points, dtype=torch.float64).tolist()
+    for alpha in (round(x, 10) for x in alphas):  # 0 and 1 exactly, not 2.8e-17 from the spacing
         # lerp is exact at 0 and 1; integer buffers (batches tracked) are recomputed with the statistics
         model.load_state_dict({k: torch.lerp(v, ends[1][k], alpha) if v.is_floating_point() else v
                                for k, v in ends[0].items()})
@@ -107,7 +108,7 @@ def line(accelerator, a, folders, opts):
             row.update(train.evaluate(accelerator, model, loader(name, train.eval_batch_size(a)), name)[0])
         if probe:
             row["sharpness/top_eig"] = instruments.sharpness(model, *probe, opts.sharpness_iters, a.seed,
-                                                       a.label_smoothing)
+                                                             a.label_smoothing)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         rows.append(row)
     return rows
