@@ -195,11 +195,11 @@ def weights(out):
 
 @pytest.mark.slow
 def test_sharpness_and_memorisation_in_a_run_leave_its_training_bit_for_bit(workdir):
-    sharp = ["--sharpness_every=1", "--sharpness_samples=32", "--sharpness_iters=3"]
+    sharp = ["--sharpness_every=1", "--sharpness_samples=32", "--sharpness_iters=2"]
     noisy = [*TINY, "--label_noise=0.25"]  # 32 of the 128 training labels changed
     res = train_many([[*noisy, *sharp, "--output_dir=sharp"],  # W&B offline, read back below
                       [*noisy, "--wandb_mode=disabled", "--output_dir=plain"],
-                      [*TINY, "--epochs=1", "--ghost_batch_size=8", "--precise_bn", *sharp, "--sharpness_iters=2",
+                      [*TINY, "--epochs=1", "--ghost_batch_size=8", "--precise_bn", *sharp,
                        "--wandb_mode=disabled", "--output_dir=ghost"]], workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     sharp, plain, ghost_run = (history(workdir / name) for name in ("sharp", "plain", "ghost"))
@@ -252,7 +252,7 @@ def test_interpolation_ends_reproduce_each_runs_own_evaluation(workdir):
     res = train_many([[*flags, "--output_dir=a"], [*flags, "--batch_size=16", "--output_dir=b"]], workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     res = run([str(ROOT / "lab1/interpolate.py"), "a", "b", "--points=3", "--sharpness_samples=32",
-               "--sharpness_iters=3", "--out=line.csv"], cwd=workdir)
+               "--sharpness_iters=2", "--out=line.csv"], cwd=workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     with open(workdir / "line.csv") as f:
         rows = [{k: v if k.startswith("run_") else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
