@@ -199,7 +199,7 @@ def test_sharpness_and_memorisation_in_a_run_leave_its_training_bit_for_bit(work
     noisy = [*TINY, "--label_noise=0.25"]  # 32 of the 128 training labels changed
     res = train_many([[*noisy, *sharp, "--output_dir=sharp"],  # W&B offline, read back below
                       [*noisy, "--wandb_mode=disabled", "--output_dir=plain"],
-                      [*TINY, "--epochs=1", "--ghost_batch_size=8", "--precise_bn", *sharp,
+                      [*TINY, "--epochs=1", "--ghost_batch_size=8", "--precise_bn", *sharp, "--num_threads=1",
                        "--wandb_mode=disabled", "--output_dir=ghost"]], workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     sharp, plain, ghost_run = (history(workdir / name) for name in ("sharp", "plain", "ghost"))
@@ -242,6 +242,8 @@ def test_sharpness_and_memorisation_in_a_run_leave_its_training_bit_for_bit(work
         assert r["train/acc_noisy"] * 32 == pytest.approx(round(r["train/acc_noisy"] * 32), abs=1e-4)
 
     # ghost batch norm with precise BN and sharpness; without label noise there are no train/acc_* columns
+    assert runfiles.read_json(workdir / "ghost/config.json")["num_threads"] == 1  # the count used, as asked
+    assert runfiles.read_json(workdir / "plain/config.json")["num_threads"] == torch.get_num_threads()  # default
     assert summary_of(workdir / "ghost")["status"] == "finished" and 0 < ghost_run[0]["sharpness/top_eig"] < math.inf
     assert not [k for k in ghost_run[0] if k.startswith("train/acc_")]
 
