@@ -1,60 +1,80 @@
-"""train.py's data: datasets read once into memory as uint8 tensors, split, and served a whole batch at a time.
+"""train.py's data: every dataset is one entry of DATASETS, served one of two ways.
 
-    splits, classes = load_splits(args)      # {"train"|"val"|"test": (x uint8 NCHW, y int)}, class names
-    train, val, test = build_datasets(args, splits, mean, std, device)
+In memory, for data that fits: decoded once into uint8 tensors (on the GPU when there is one); a whole batch is
+indexed, resized, augmented and normalised in one call on the device. An image folder is decoded with every
+core into a cache that later runs, agents and ranks map instead of decoding again.
+Streaming, for data of any size: timm's transforms in DataLoader worker processes, each rank reading its own
+part through Accelerate's prepare; the images are read as they are needed.
+
+    data = load_data(args)               # lists the dataset, picks the path, splits (and decodes, in memory)
+    train, val, test, bn = data.loaders(args, data_config, device, num_processes)   # for accelerator.prepare
 """
 
+import fcntl
+import hashlib
 import importlib.util
+import json
+import math
+import os
+import re
 import shutil
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "synthetic")
 SYNTHETIC_SIZE = 5000  # images in --dataset synthetic: random uint8 RGB at img_size, 10 classes
-VAL_NAMES = ("val", "validation")  # torchvision/timm and Hugging Face imagefolder spellings of the val split
+SPLIT_NAMES = {"train": ("train", "training"),  # the folder names users give their splits, compared lower-case
+               "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+# torchvision's ImageFolder extensions, and GIF (its first frame), which PIL reads as well
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+CACHE_VERSION = 1  # part of every cache key: bump it when read_image's output changes
+BUDGET_SHARE = 4  # auto keeps data in memory when its decoded size is at most 1/4 of the free memory
 
 
 class ConfigError(Exception):
     """A user mistake: train.py's main() prints it as one line and exits with code 2."""
 
 
+class BadData(ConfigError):
+    """An image that cannot be read. Raised in a DataLoader worker, torch raises it again in the main process
+    as BadData(<the worker's traceback>): the message is then the traceback's last line, as raised."""
+
+    def __init__(self, message):
+        raised = re.findall(r"BadData: (.*)", str(message))
+        super().__init__(raised[-1] if raised else message)
+
+
 # ----------------------------------------------------------------------------------------------
-# Reading: each dataset as uint8 arrays (N, C, H, W) and integer labels
+# Reading: each dataset's splits as uint8 arrays (N, C, H, W) or as image files, with integer labels
 
-def load_splits(args):
-    """-> ({"train", "val", "test": (x, y)}, class names): the dataset's own splits, the rest carved from train."""
-    parts, classes = load_arrays(args)
-    return split_data(args, parts, len(classes)), classes
-
-
-def load_arrays(args):
-    """-> ({"train": (x, y)} plus "val" and "test" where the dataset has them, class names)."""
-    if args.dataset == "digits":  # 1,797 real 8x8 scans, values 0..16: the file sklearn's load_digits reads
-        # finding the package does not import it (1 s of start-up)
-        path = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0]) / "datasets/data/digits.csv.gz"
-        data = np.loadtxt(path, delimiter=",")
-        x = np.round(data[:, :-1].reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
-        return {"train": (x, data[:, -1].astype(int))}, [str(c) for c in range(10)]
-    if args.dataset == "synthetic":  # for benchmarks: the shape of real data with none of its cost
-        rng = np.random.default_rng(args.seed)
-        x = rng.integers(0, 256, (SYNTHETIC_SIZE, 3, args.img_size, args.img_size), dtype=np.uint8)
-        return {"train": (x, np.arange(SYNTHETIC_SIZE) % 10)}, [str(c) for c in range(10)]
-    if args.dataset == "imagefolder":
-        return load_imagefolder(Path(args.data_dir), args.img_size)
-    return load_torchvision(args)
+def list_digits(args):
+    """1,797 real 8x8 scans, values 0..16: the file sklearn's load_digits reads."""
+    # finding the package does not import it (1 s of start-up)
+    path = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0]) / "datasets/data/digits.csv.gz"
+    data = np.loadtxt(path, delimiter=",")
+    x = np.round(data[:, :-1].reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
+    return {"train": (x, data[:, -1].astype(int))}, [str(c) for c in range(10)]
 
 
-def load_torchvision(args):
+def list_synthetic(args):
+    """For benchmarks: the shape of real data with none of its cost."""
+    rng = np.random.default_rng(args.seed)
+    x = rng.integers(0, 256, (SYNTHETIC_SIZE, 3, args.img_size, args.img_size), dtype=np.uint8)
+    return {"train": (x, np.arange(SYNTHETIC_SIZE) % 10)}, [str(c) for c in range(10)]
+
+
+def list_torchvision(name, args):
     import torchvision.datasets as tvd
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
-           "fashion_mnist": tvd.FashionMNIST}[args.dataset]
     created = not Path(args.data_dir).exists()
     try:
-        train, test = (cls(args.data_dir, train=t, download=args.download) for t in (True, False))
+        train, test = (getattr(tvd, name)(args.data_dir, train=t, download=args.download) for t in (True, False))
     except (RuntimeError, OSError) as e:  # not there; or --download without network (URLError is an OSError)
         if created:  # leave no empty folders behind a failed download
             shutil.rmtree(args.data_dir, ignore_errors=True)
@@ -74,31 +94,52 @@ def visible_dirs(folder):
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def load_imagefolder(root, img_size):
-    """Class subfolders, flat (root/<class>/) or split (root/train/<class>/ with val/ or validation/ and test/
-    beside it, each optional). Labels come from train's class names, so a class means the same label in every
-    split; a class that val or test lack is fine, one that train lacks is an error. Hidden entries are skipped."""
+def list_imagefolder(args):
+    """Class subfolders, flat (root/<class>/) or split: train/ (or training/), with val/, valid/ or validation/
+    and test/ or testing/ beside it, each optional, in any case (Train/). Labels come from train's class names,
+    so a class means the same label in every split; a class that val or test lack is fine, one that train lacks
+    is an error. Hidden entries are skipped. -> ({split: (file paths, labels)}, class names)."""
+    root = Path(args.data_dir)
     if not root.is_dir():
         raise ConfigError(f"--data_dir {root} is not a folder; give a folder of class subfolders")
-    if not (root / "train").is_dir():
-        x, y, classes = read_split(root, None, img_size)
-        return {"train": (x, y)}, classes
-    vals = [name for name in VAL_NAMES if (root / name).is_dir()]
-    if len(vals) > 1:
-        raise ConfigError(f"--data_dir {root} has both val/ and validation/; keep one of them")
-    x, y, classes = read_split(root / "train", None, img_size)
-    parts = {"train": (x, y)}
-    for split, folder in (("val", vals[0] if vals else None), ("test", "test")):
-        if folder and (root / folder).is_dir():
-            x, y, _ = read_split(root / folder, classes, img_size)
-            parts[split] = (x, y)
-    channels = max(x.shape[1] for x, _ in parts.values())  # a colour image anywhere makes every split RGB
-    return {k: (np.repeat(x, channels // x.shape[1], axis=1), y) for k, (x, y) in parts.items()}, classes
+    folders = split_folders(root)
+    if not folders:
+        files, labels, classes = list_split(root, None)
+        return {"train": (files, labels)}, classes
+    files, labels, classes = list_split(root / folders["train"], None)
+    parts = {"train": (files, labels)}
+    for split in ("val", "test"):
+        if split in folders:
+            files, labels, _ = list_split(root / folders[split], classes)
+            parts[split] = (files, labels)
+    return parts, classes
 
 
-def read_split(folder, classes, img_size):
-    """-> (uint8 images N x C x img_size x img_size, labels, class names). classes: train's, or None for train."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+def split_folders(root):
+    """{"train": "Train", ...}: the split folders of root, or {} when its folders are all classes. Split folders
+    are never read as classes: a layout they make ambiguous is refused, naming them."""
+    names = visible_dirs(root)
+    found = {split: [n for n in names if n.lower() in spellings] for split, spellings in SPLIT_NAMES.items()}
+    named = [n for ns in found.values() for n in ns]
+    if not named:
+        return {}
+    for split, ns in found.items():
+        if len(ns) > 1:
+            raise ConfigError(f"--data_dir {root} has both {' and '.join(n + '/' for n in ns)}: two {split} "
+                              "splits; keep one of them")
+    if not found["train"]:
+        raise ConfigError(f"--data_dir {root} has split folder(s) {', '.join(n + '/' for n in named)} but no "
+                          "train/ (or training/); rename the training split's folder to train/")
+    others = sorted(set(names) - set(named))
+    if others:
+        raise ConfigError(f"--data_dir {root} mixes split folders ({', '.join(n + '/' for n in named)}) with "
+                          f"other folders ({', '.join(n + '/' for n in others)}); move the classes into the splits")
+    return {split: ns[0] for split, ns in found.items() if ns}
+
+
+def list_split(folder, classes):
+    """-> (image paths, labels, class names) of one split. classes: train's, or None for train."""
+    from torchvision.datasets.folder import make_dataset
     names = visible_dirs(folder)
     if not names:
         raise ConfigError(f"--data_dir {folder} has no class subfolders; put each class's images in a subfolder")
@@ -111,47 +152,106 @@ def read_split(folder, classes, img_size):
 
     def visible_image(path):
         parts = Path(path).relative_to(folder).parts
-        return path.lower().endswith(IMG_EXTENSIONS) and not any(p.startswith(".") for p in parts)
+        return path.lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts)
 
     index = {c: i for i, c in enumerate(classes)}
     samples = make_dataset(folder, {c: index[c] for c in names}, is_valid_file=visible_image, allow_empty=True)
     empty = sorted(set(names) - {classes[label] for _, label in samples})
     if empty:
-        raise ConfigError(f"class folder(s) {', '.join(empty)} in {folder} hold no images; "
-                          "add images or remove the folder")
-    images = [read_image(path, img_size) for path, _ in samples]
-    channels = max(im.shape[0] for im in images)
-    x = np.stack([np.repeat(im, channels // im.shape[0], axis=0) for im in images])
-    return x, np.array([label for _, label in samples]), classes
+        raise ConfigError(f"class folder(s) {', '.join(empty)} in {folder} hold no images "
+                          f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+    return [path for path, _ in samples], np.array([label for _, label in samples]), classes
 
 
-def read_image(path, img_size):
-    """Any image PIL opens -> uint8 (1 or 3, img_size, img_size): 16-bit and float scaled, palette and alpha
-    flattened to RGB."""
+@dataclass(frozen=True)
+class Shards:
+    """One split of a webdataset shard set: read only as a stream, by timm's reader."""
+    root: str
+    split: str
+    size: int
+
+    def __len__(self):
+        return self.size
+
+
+def list_wds(args):
+    """A local webdataset shard set: --data_dir holds the .tar shards and timm's _info.json, whose "splits"
+    name train, validation (or val) and test, and whose "classes" (or "num_classes") give the classes."""
+    path = Path(args.data_dir) / "_info.json"
+    try:
+        info = json.loads(path.read_text())
+        splits = info["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--dataset wds reads {path} ({type(e).__name__}: {e}); write timm's _info.json "
+                          "there, with the splits and their shards") from None
+    names = {split: next((n for n in SPLIT_NAMES[split] if n in splits), None) for split in SPLIT_NAMES}
+    classes = info.get("classes") or [str(c) for c in range(int(info.get("num_classes", 0)))]
+    if not all(names.values()) or not classes:
+        raise ConfigError(f"{path} must name train, validation and test splits and give \"classes\" or "
+                          f"\"num_classes\" (it has splits {', '.join(splits)}); add them")
+    return {split: (Shards(args.data_dir, name, int(splits[name]["num_samples"])), None)
+            for split, name in names.items()}, [str(c) for c in classes]
+
+
+def open_image(path):
+    """Any image PIL opens -> an 8-bit PIL image, L or RGB: 16-bit and float scaled, palette and alpha
+    flattened, a GIF's first frame. Raises BadData naming the file."""
     from PIL import Image
     try:
         with Image.open(path) as im:
             im.load()
     except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise ConfigError(f"cannot read image {path} ({type(e).__name__}); fix or remove the file") from None
+        raise BadData(f"cannot read image {path} ({type(e).__name__}); fix or remove the file") from None
     if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit scans (and PIL's 32-bit int mode holding them)
         a = np.asarray(im, dtype=np.float64) * (255 / 65535)
     elif im.mode == "F":  # float images: 0..1 or 0..255
         a = np.asarray(im, dtype=np.float64)
         a = a * 255 if a.max(initial=0) <= 1 else a
     else:
-        a = np.asarray(im.convert("L" if im.mode in GREY_MODES else "RGB"))
-    a = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return im.convert("L" if im.mode in GREY_MODES else "RGB")
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
+
+
+def read_image(path, img_size):
+    """An image file -> uint8 (1 or 3, img_size, img_size), resized as a whole (no crop)."""
+    a = np.array(open_image(path))  # writable: torch.from_numpy warns about a read-only array
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     x = torch.from_numpy(np.ascontiguousarray(a))[None].float()
     return F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True)[0].round().byte().numpy()
 
 
+@dataclass(frozen=True)
+class Source:
+    """One --dataset. `list` gives its splits: uint8 images N x C x H x W, image file paths or webdataset
+    Shards, with their labels; the splits it lacks are carved from train. Both paths follow from that."""
+    list: Callable  # args -> ({"train": (items, labels), plus "val"/"test" where it has them}, class names)
+    reads_data_dir: bool = True  # its files are in --data_dir (which must then exist)
+
+
+# To add a dataset: one entry here (and its list function above). train.py's --dataset choices come from it.
+DATASETS = {
+    "digits": Source(list_digits, reads_data_dir=False),
+    "cifar10": Source(partial(list_torchvision, "CIFAR10")),
+    "cifar100": Source(partial(list_torchvision, "CIFAR100")),
+    "mnist": Source(partial(list_torchvision, "MNIST")),
+    "fashion_mnist": Source(partial(list_torchvision, "FashionMNIST")),
+    "imagefolder": Source(list_imagefolder),
+    "wds": Source(list_wds),
+    "synthetic": Source(list_synthetic, reads_data_dir=False),
+}
+
+
 # ----------------------------------------------------------------------------------------------
 # Splitting: stratified, fixed by --seed; label noise on the training labels only
 
+def take(items, idx):
+    return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+
+
 def split_data(args, parts, num_classes):
     """Carve the splits a dataset lacks out of its train split: stratified by class, fixed by --seed."""
+    if any(isinstance(items, Shards) for items, _ in parts.values()):
+        return parts  # a stream's splits are its own: nothing to carve (load_data refuses what needs carving)
     x, y = parts["train"]
     rng = np.random.default_rng(args.seed)
     idx, held, left = rng.permutation(len(y)), {}, 1.0  # left: the fraction of the data still in idx
@@ -168,7 +268,7 @@ def split_data(args, parts, num_classes):
     if args.train_samples:
         idx = idx[:args.train_samples]
     held["train"] = idx
-    splits = {**parts, **{name: (x[np.sort(i)], y[np.sort(i)]) for name, i in held.items()}}
+    splits = {**parts, **{name: (take(x, np.sort(i)), y[np.sort(i)]) for name, i in held.items()}}
     for name, flag in (("val", "--val_fraction"), ("test", "--test_fraction")):
         if len(splits[name][1]) == 0:
             raise ConfigError(f"the {name} split is empty; raise {flag} (or add images to the {name} folder)")
@@ -193,20 +293,309 @@ def add_label_noise(y, fraction, num_classes, seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# Serving: a whole batch is indexed, resized and normalised in one call on the device
+# Which path: in memory when the decoded data fits a quarter of the free memory, else streamed
+
+def gb(n):
+    return f"{n / 1e9:.2f} GB"
+
+
+def free_memory(args):
+    """-> (bytes free for this process's copy of the data, where). On a GPU the data sits there, and comes
+    through the host on the way; every process on this machine holds its own copy."""
+    import psutil
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    free, where = psutil.virtual_memory().available, "RAM"
+    if torch.cuda.is_available() and not args.cpu:
+        free, where = min(free, torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", 0)))[0]), "GPU memory"
+    return free // local, where + (f" / {local} processes" if local > 1 else "")
+
+
+def choose_path(args, parts):
+    """-> ("memory" | "stream", why): --data_in_memory true/false, or auto's choice with its numbers."""
+    if any(isinstance(items, Shards) for items, _ in parts.values()):
+        if args.data_in_memory == "true":
+            raise ConfigError("--dataset wds is read as a stream; drop --data_in_memory true")
+        return "stream", "webdataset shards are read as a stream"
+    n = sum(len(labels) for _, labels in parts.values())
+    need = sum(items.nbytes if isinstance(items, np.ndarray) else len(items) * 3 * args.img_size ** 2
+               for items, _ in parts.values())  # files: RGB at --img_size
+    free, where = free_memory(args)
+    size = f"{n:,} images are {gb(need)} decoded"
+    if args.data_in_memory == "true":
+        if need > free:
+            raise ConfigError(f"--data_in_memory true: {size} at --img_size {args.img_size}, and the {where} has "
+                              f"{gb(free)} free; use --data_in_memory auto or false to stream them")
+        return "memory", f"--data_in_memory true ({size})"
+    if args.data_in_memory == "false":
+        return "stream", "--data_in_memory false"
+    budget = free // BUDGET_SHARE
+    fits = need <= budget
+    return ("memory" if fits else "stream"), (f"{size}, {'within' if fits else 'over'} the budget of {gb(budget)} "
+                                              f"(1/{BUDGET_SHARE} of the free {where})")
+
+
+@dataclass
+class Data:
+    """A dataset ready to serve: its splits ({name: (items, labels)}), class names and path."""
+    splits: dict
+    classes: list
+    path: str  # "memory" or "stream"
+    why: str
+    workers: int  # DataLoader worker processes
+    cache: str = ""  # what the decoded cache did, for the message
+
+    @property
+    def in_chans(self):
+        items = self.splits["train"][0]
+        return items.shape[1] if isinstance(items, np.ndarray) else 3  # streamed files are read as RGB
+
+    @property
+    def sizes(self):
+        return {f"{name}_size": len(self.splits[name][1] if self.splits[name][1] is not None else
+                                    self.splits[name][0]) for name in ("train", "val", "test")}
+
+    def loaders(self, args, data_config, device, num_processes):
+        """-> train, val, test and precise-BN DataLoaders, for accelerator.prepare."""
+        make = memory_loaders if self.path == "memory" else stream_loaders
+        return make(args, self.splits, data_config, device, num_processes, self.workers)
+
+
+def load_data(args):
+    """The dataset listed, its path chosen, its images decoded (from the cache) when in memory, and split."""
+    parts, classes = DATASETS[args.dataset].list(args)
+    if args.dataset == "wds" and (args.train_samples or args.label_noise or args.sharpness_every):
+        raise ConfigError("--train_samples, --label_noise and --sharpness_every need random access; a wds stream "
+                          "has none")
+    path, why = choose_path(args, parts)
+    cache = ""
+    if path == "memory" and any(isinstance(items, list) for items, _ in parts.values()):
+        parts, cache = decode_cached(parts, args.img_size, Path(args.cache_dir or default_cache_dir()))
+    # in memory a batch is one indexing call and needs no workers; a stream has timm's train.py's 4 by default
+    workers = args.workers if args.workers is not None else 0 if path == "memory" else min(4, os.cpu_count())
+    return Data(split_data(args, parts, len(classes)), classes, path, why, workers, cache)
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoded cache: an image folder decoded once at --img_size, then mapped by every later run
+
+def default_cache_dir():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lab1" / "decoded"
+
+
+def cache_key(parts, img_size):
+    """Covers every file's path, size, modification time and label, and img_size: a changed folder never
+    matches an old cache."""
+    h = hashlib.sha256(f"v{CACHE_VERSION} img_size={img_size}\n".encode())
+    for split, (files, labels) in parts.items():
+        for path, label in zip(files, labels, strict=True):
+            st = os.stat(path)
+            h.update(f"{split}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def decode_cached(parts, img_size, cache_dir):
+    """{split: (files, labels)} -> ({split: (uint8 images, labels)}, what happened). One process builds a
+    missing cache while the others wait on its lock (flock), then all map it."""
+    key = cache_key(parts, img_size)
+    made = [p for p in [cache_dir, *cache_dir.parents] if not p.exists()]  # ours to remove if decoding fails
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_dir / f"{key}.lock", "w")  # closed by the with below
+    except OSError as e:  # under a file, no permission, a read-only disk
+        raise ConfigError(f"cannot write the decoded cache in --cache_dir {cache_dir} ({e.strerror}); "
+                          "give a folder you can write") from None
+    folder, note = cache_dir / key, f"read from the decoded cache {cache_dir / key}"
+    try:
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            images, damage = read_cache(folder)
+            if images is None:
+                note = (f"decoded into the cache {folder}" + (f" (rebuilt: the old one {damage})" if damage else ""))
+                images = build_cache(folder, [f for files, _ in parts.values() for f in files], img_size)
+    except BaseException:
+        if made:  # the folders this call made: nothing is left behind by a run that stops here (a bad image)
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
+    out, start = {}, 0
+    for split, (files, labels) in parts.items():
+        out[split] = (images[start:start + len(files)], labels)
+        start += len(files)
+    return out, note
+
+
+def read_cache(folder):
+    """-> (the cache's images, memory-mapped, or None; why it was unusable, or "")."""
+    meta_path = folder / "meta.json"
+    if not folder.exists():
+        return None, ""
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(folder / "images.npy", mmap_mode="r")  # a cut file fails here: shorter than its header says
+        if list(images.shape) != meta["shape"] or crc32(images) != meta["crc32"]:
+            raise ValueError("its checksum or shape does not match")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None, f"was damaged: {str(e).splitlines()[0][:100]}"
+    return (images if meta["colour"] else images[:, :1]), ""
+
+
+def crc32(images, chunk=2**26):
+    flat, crc = images.reshape(-1), 0
+    for i in range(0, flat.size, chunk):
+        crc = zlib.crc32(np.ascontiguousarray(flat[i:i + chunk]), crc)
+    return crc
+
+
+class DecodeFiles(torch.utils.data.Dataset):
+    def __init__(self, files, img_size):
+        self.files, self.img_size = files, img_size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        x = read_image(self.files[i], self.img_size)
+        return np.repeat(x, 3 // x.shape[0], axis=0), x.shape[0] == 3  # the cache holds RGB, and which was
+
+
+def stack_decoded(batch):
+    return np.stack([x for x, _ in batch]), any(colour for _, colour in batch)
+
+
+def build_cache(folder, files, img_size):
+    """Decode every file with every core into folder/images.npy, written beside and renamed into place whole,
+    with meta.json (shape, checksum, whether any image had colour)."""
+    from numpy.lib.format import open_memmap
+    for stale in folder.parent.glob(f"{folder.name}.tmp*"):  # a builder killed mid-way (we hold the lock now)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp.mkdir()
+    try:
+        images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(files), 3, img_size, img_size))
+        workers = min(len(os.sched_getaffinity(0)), math.ceil(len(files) / 64))
+        decoded = torch.utils.data.DataLoader(DecodeFiles(files, img_size), batch_size=64, collate_fn=stack_decoded,
+                                              num_workers=workers if workers > 1 else 0)
+        start, colour = 0, False
+        for x, c in decoded:
+            images[start:start + len(x)] = x
+            start, colour = start + len(x), colour or c
+        images.flush()
+        meta = {"shape": list(images.shape), "crc32": crc32(images), "colour": colour, "img_size": img_size,
+                "files": len(files), "version": CACHE_VERSION}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.rename(tmp, folder)  # whole or not at all: a reader never sees half a cache
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return images if colour else images[:, :1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation, named as timm's train.py names it (--hflip, --scale, --ratio, --aa, --reprob, --mixup, --cutmix)
+
+def augmentation(args):
+    """-> a description of the training augmentation these flags ask for, "" when none (config.json)."""
+    used = [f"{name} {value}" for name, value in (("hflip", args.hflip), ("scale", args.scale), ("ratio", args.ratio),
+                                                 ("aa", args.aa), ("reprob", args.reprob), ("mixup", args.mixup),
+                                                 ("cutmix", args.cutmix)) if value]
+    return ", ".join(used)
+
+
+def pair(text):
+    """'0.08,1' -> (0.08, 1.0): an argparse type for --scale and --ratio (a sweep passes one value)."""
+    values = tuple(float(v) for v in str(text).replace(" ", ",").split(",") if v)
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise ValueError(text)
+    return values
+
+
+class Mix:
+    """timm's Mixup/CutMix on a batch on the device: -> (images, soft targets with label smoothing folded in);
+    off, it returns the batch as it is."""
+
+    def __init__(self, args, num_classes):
+        self.on = bool(args.mixup or args.cutmix)
+        if self.on:
+            from timm.data import Mixup
+            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                               label_smoothing=args.label_smoothing, num_classes=num_classes)
+
+    def __call__(self, x, y):
+        return self.mixup(x, y) if self.on else (x, y)
+
+
+def aa_transform(spec, img_size, mean):
+    """timm's RandAugment/AutoAugment/AugMix on a PIL image, from a timm --aa spec such as rand-m9-mstd0.5,
+    with the parameters timm's create_transform gives it."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    params = dict(translate_const=int(img_size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean))
+    make = (rand_augment_transform if spec.startswith("rand") else
+            augment_and_mix_transform if spec.startswith("augmix") else auto_augment_transform)
+    return make(spec, params)
+
+
+class DeviceAugment:
+    """The in-memory path's training augmentation, on a whole batch on the device: random-resized crop
+    (torchvision's roi_align, one call) and flip; RandAugment/AutoAugment per image with timm's PIL transform
+    (on the host: the one costly step); random erasing with timm's RandomErasing, after normalisation."""
+
+    def __init__(self, args, mean, std, device):
+        from timm.data.random_erasing import RandomErasing
+        self.scale, self.ratio, self.hflip = args.scale, args.ratio or (3 / 4, 4 / 3), args.hflip
+        self.aa = aa_transform(args.aa, args.img_size, mean) if args.aa else None
+        self.erase = RandomErasing(args.reprob, mode="const", device=device) if args.reprob else None
+
+    def images(self, x):
+        """uint8 (N, C, H, W) -> the same after RandAugment/AutoAugment, image by image."""
+        if not self.aa:
+            return x
+        from PIL import Image
+        out = [np.asarray(self.aa(Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))))
+               for a in x.cpu().numpy()]
+        return torch.from_numpy(np.stack([a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in out])).to(x.device)
+
+    def geometry(self, x, size):
+        """float (N, C, H, W) -> (N, C, size, size): a random crop of each image (area and aspect drawn as timm's
+        RandomResizedCrop draws them), resized, then flipped with probability hflip."""
+        n, _, h, w = x.shape
+        if self.scale:
+            area = torch.empty(n).uniform_(*self.scale) * h * w
+            aspect = torch.exp(torch.empty(n).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            cw, ch = (area * aspect).sqrt().clamp(max=w), (area / aspect).sqrt().clamp(max=h)
+            x0, y0 = torch.rand(n) * (w - cw), torch.rand(n) * (h - ch)
+            boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1).to(x.device)
+            from torchvision.ops import roi_align
+            x = roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        elif h != size or w != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        if self.hflip:
+            flip = (torch.rand(n, device=x.device) < self.hflip).view(-1, 1, 1, 1)
+            x = torch.where(flip, x.flip(-1), x)
+        return x
+
+    def normalised(self, x):
+        return self.erase(x) if self.erase else x
+
+
+# ----------------------------------------------------------------------------------------------
+# In memory: a whole batch is indexed, resized, augmented and normalised in one call on the device
 
 class TensorImages(torch.utils.data.Dataset):
-    def __init__(self, images, labels, img_size, mean, std, memory_format=torch.contiguous_format):
+    def __init__(self, images, labels, img_size, mean, std, memory_format=torch.contiguous_format, augment=None):
         self.images, self.labels, self.img_size = images, labels, img_size  # images: uint8 (N, C, H, W)
         self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-        self.memory_format = memory_format
+        self.memory_format, self.augment = memory_format, augment
 
     def __len__(self):
         return len(self.labels)
 
     def __getitems__(self, indices):  # DataLoader fetches a batch with one call: no per-sample collate
         indices = torch.as_tensor(indices, device=self.images.device)  # one copy to the GPU, not two
+        if self.augment:
+            x = self.augment.geometry(self.augment.images(self.images[indices]).float().div_(255), self.img_size)
+            x = self.augment.normalised((x - self.mean) / self.std)
+            return x.contiguous(memory_format=self.memory_format), self.labels[indices]
         x = self.images[indices].float().div_(255)
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True)
@@ -222,16 +611,158 @@ def keep_batch(batch):
     return batch
 
 
-def build_datasets(args, splits, data_config, device):
-    """-> train, val and test TensorImages on the device, normalised with the model's statistics."""
+def statistics(data_config, channels):
+    """The model's mean and std; a grey image gets one channel with the mean of timm's RGB statistics."""
     mean, std = data_config["mean"], data_config["std"]
-    if splits["train"][0].shape[1] == 1:  # a grey image: one channel with the mean of timm's RGB statistics
+    if channels == 1:
         mean, std = [float(np.mean(mean))], [float(np.mean(std))]
+    return tuple(mean), tuple(std)
+
+
+def memory_loaders(args, splits, data_config, device, num_processes, workers):
+    mean, std = statistics(data_config, splits["train"][0].shape[1])
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    augment = DeviceAugment(args, mean, std, device) if args.hflip or args.scale or args.aa or args.reprob else None
 
-    def make(images, labels):
-        return TensorImages(torch.from_numpy(np.ascontiguousarray(images)).to(device),
+    def make(name, augment=None):
+        images, labels = splits[name]
+        images = np.require(images, requirements=("C", "W"))  # a copy of a split still in the read-only cache map
+        return TensorImages(torch.from_numpy(images).to(device),
                             torch.from_numpy(np.asarray(labels)).long().to(device), args.img_size, mean, std,
-                            memory_format)
+                            memory_format, augment)
 
-    return [make(*splits[name]) for name in ("train", "val", "test")]
+    def loader(ds, batch_size, shuffle=False, drop_last=False):
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                                           collate_fn=keep_batch, num_workers=workers)
+
+    train, val, test = make("train"), make("val"), make("test")
+    train_aug = TensorImages(train.images, train.labels, args.img_size, mean, std, memory_format, augment)
+    return eval_and_train_loaders(args, loader, train_aug, val, test, train, max(args.batch_size, 512), num_processes)
+
+
+def eval_and_train_loaders(args, loader, train, val, test, train_plain, eval_batch, num_processes):
+    # The training loader drops a short last batch, as the reference scripts do: a batch of one image breaks
+    # batch norm, and every update then sees batch_size images. Precise BN reads unaugmented training images,
+    # with --ghost_batch_size in whole ghost groups (batch_size, a multiple of them, is at most this share).
+    bn_batch = max(1, min(eval_batch, len(train_plain) // num_processes))
+    if args.ghost_batch_size:
+        bn_batch = max(args.ghost_batch_size, bn_batch - bn_batch % args.ghost_batch_size)
+    return (loader(train, args.batch_size, shuffle=True, drop_last=True), loader(val, eval_batch),
+            loader(test, eval_batch), loader(train_plain, bn_batch, drop_last=True))
+
+
+def in_order(dataset, like):
+    """A loader over dataset in its order, batched, collated and read as the loader `like` (validation's): the
+    training split as evaluation sees it (train.py's train/acc_clean and train/acc_noisy, lab1/interpolate.py)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=like.batch_size, collate_fn=like.collate_fn,
+                                       num_workers=like.num_workers, persistent_workers=like.persistent_workers,
+                                       pin_memory=like.pin_memory)
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming: timm's transforms in DataLoader workers, on PIL images read as they are needed
+
+class ArrayImages(torch.utils.data.Dataset):
+    """uint8 arrays (N, C, H, W) served as PIL images through a transform, as files would be."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        a = self.images[i]
+        return self.transform(Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))), int(self.labels[i])
+
+
+class FileImages(torch.utils.data.Dataset):
+    """Image files through a transform. A file that cannot be read stops the run, naming it (timm's own
+    ImageDataset skips it with a warning: a silently smaller epoch)."""
+
+    def __init__(self, files, labels, transform):
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(open_image(self.files[i]).convert("RGB")), int(self.labels[i])
+
+
+def stream_transforms(args, mean, std, channels):
+    """-> (train, eval) transforms from timm's create_transform. Evaluation (and training without augmentation)
+    resizes the whole image to img_size x img_size, as the in-memory path does: timm's "squash" at crop_pct 1."""
+    from timm.data import create_transform
+    from torchvision import transforms
+    size = (channels, args.img_size, args.img_size)
+    plain = create_transform(size, is_training=False, interpolation="bilinear", crop_pct=1.0, crop_mode="squash",
+                             mean=mean, std=std)
+    if not (args.hflip or args.scale or args.aa or args.reprob):
+        return plain, plain
+    primary, secondary, final = create_transform(
+        size, is_training=True, separate=True, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+        color_jitter=None, auto_augment=args.aa or None, interpolation="bilinear", re_prob=args.reprob,
+        mean=mean, std=std)
+    if not args.scale:  # no random-resized crop asked for: the whole image, as in evaluation
+        primary = transforms.Compose([transforms.Resize(size[1:]),
+                                      *([transforms.RandomHorizontalFlip(args.hflip)] if args.hflip else [])])
+    return transforms.Compose([primary, secondary, final]), plain
+
+
+def stream_dataset(items, labels, transform, args, training, workers):
+    if isinstance(items, np.ndarray):
+        return ArrayImages(items, labels, transform)
+    if isinstance(items, list):
+        return FileImages(items, labels, transform)
+    from timm.data import create_dataset
+    ds = create_dataset(f"wds/{args.dataset}", root=items.root, split=items.split, is_training=training,
+                        batch_size=args.batch_size, seed=args.seed)
+    # Accelerate gives each rank its part of an iterable dataset (the main process reads, and sends each its
+    # batches), so timm's reader must not split by rank as well
+    ds.reader.dist_rank, ds.reader.dist_num_replicas = 0, 1
+    ds.transform = transform
+    ds.set_loader_cfg(num_workers=workers)
+    return ds
+
+
+def stream_loaders(args, splits, data_config, device, num_processes, workers):
+    items = splits["train"][0]
+    channels = items.shape[1] if isinstance(items, np.ndarray) else 3
+    mean, std = statistics(data_config, channels)
+    train_tf, eval_tf = stream_transforms(args, mean, std, channels)
+
+    def loader(ds, batch_size, shuffle=False, drop_last=False):
+        iterable = isinstance(ds, torch.utils.data.IterableDataset)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle and not iterable,
+                                           drop_last=drop_last, num_workers=workers,
+                                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    train = stream_dataset(*splits["train"], train_tf, args, True, workers)
+    val, test = (stream_dataset(*splits[name], eval_tf, args, False, workers) for name in ("val", "test"))
+    plain = stream_dataset(*splits["train"], eval_tf, args, False, workers)
+    return eval_and_train_loaders(args, loader, train, val, test, plain, args.batch_size, num_processes)
+
+
+def checked(loader, accelerator, streaming):
+    """The training batches; on the streaming path every rank learns, with the batch, whether any rank met an
+    image it cannot read, and all raise BadData at the same step (no rank is left waiting in a collective)."""
+    if not streaming:
+        yield from loader
+        return
+    batches = iter(loader)
+    while True:
+        try:
+            batch, bad = next(batches), ""
+        except StopIteration:
+            return
+        except BadData as e:
+            batch, bad = None, str(e)
+        if accelerator.num_processes > 1 and accelerator.reduce(torch.tensor([float(bool(bad))],
+                                                                             device=accelerator.device)).item():
+            from accelerate.utils import gather_object
+            bad = next(b for b in gather_object([bad]) if b)
+        if bad:
+            raise BadData(bad)
+        yield batch

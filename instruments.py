@@ -106,10 +106,13 @@ def sharpness(model, x, y, iters, seed, label_smoothing=0.0):
                 buffer.copy_(saved)
 
 
-def sharpness_images(train_set, n, seed):
-    """The n training images (and labels) sharpness is measured on: the same for every point of a run."""
-    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:n]
-    return train_set.__getitems__(pick.tolist())
+def sharpness_images(train_set, n, seed, device):
+    """The n training images (and labels) sharpness is measured on, on device: the same for every point of a run.
+    train_set: in memory, data.TensorImages (a batch in one call); streamed, images one at a time."""
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    x, y = (train_set.__getitems__(pick) if hasattr(train_set, "__getitems__") else
+            torch.utils.data.default_collate([train_set[i] for i in pick]))
+    return x.to(device), y.to(device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import argparse
 import ast
 import atexit
 import contextlib
-import csv
 import ctypes
 import fcntl
 import importlib
@@ -55,6 +54,7 @@ from pathlib import Path
 import yaml
 
 import runfiles
+from runfiles import parse_cell
 
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")  # sweeps' pydantic v1 config
 import jsonschema
@@ -65,8 +65,7 @@ from wandb.sdk.lib.runid import generate_id  # the 8-character id wandb.init wou
 HERE = Path(__file__).resolve().parent
 POLL_S = 0.5  # seconds between checks of running runs (history.csv for hyperband); an exit is seen at once
 KILL_GRACE_S = 30  # seconds between SIGTERM and SIGKILL, as wandb agent's kill delay
-FIXED_COLUMNS = ["run_id", "status", "exit_code"]
-RESULTS, SWEEP_COPY, CLAIMS, LOCK = "results.csv", "sweep.yaml", "claims", ".lock"
+SWEEP_COPY, CLAIMS, LOCK = "sweep.yaml", "claims", ".lock"
 CONFIG_COPY = "config_files.json"  # the text of each --config file the sweep names: it changes runs as the sweep does
 FLAG_MACROS = ("args", "args_no_equals", "args_no_boolean_flags")  # ${...} that expand to flags train.py takes
 
@@ -79,7 +78,7 @@ class SweepError(Exception):
 class Run:
     run_id: str
     params: dict  # parameter name -> value, as the engine proposed it
-    status: str = "running"  # then a word of runfiles.STATUSES
+    status: str | None = None  # a word of runfiles.STATUSES once it has ended; None while it runs
     exit_code: int | None = None
     summary: dict = field(default_factory=dict)  # scalar summary.json entries
     proc: object = None  # subprocess.Popen, or WarmProcess
@@ -91,7 +90,8 @@ class Run:
 
     def sweep_run(self, sweep_dir):
         """This run as the engine sees it: its config, state, summary, and history."""
-        state = {"running": "running", "failed": "failed"}.get(self.status, "finished")
+        state = (sweeps.RunState.running if self.status is None else
+                 sweeps.RunState.failed if self.status == runfiles.FAILED else sweeps.RunState.finished)
         return sweeps.SweepRun(name=self.run_id, state=state, config={k: {"value": v} for k, v in self.params.items()},
                                summary_metrics=self.summary, history=read_history(sweep_dir / self.run_id))
 
@@ -203,7 +203,7 @@ def check_same_sweep(config, sweep_file, sweep_dir):
     """A sweep folder holds the results of one version of one file: results made otherwise are never reused."""
     saved = sweep_dir / SWEEP_COPY
     if not saved.exists():
-        if (sweep_dir / RESULTS).exists():
+        if (sweep_dir / runfiles.RESULTS).exists():
             raise SweepError(f"{sweep_dir} has no {SWEEP_COPY} saying which file made its results: if {sweep_file} "
                              f"is unchanged since, copy it to {saved}; else start fresh with --sweep_dir")
         return
@@ -287,49 +287,27 @@ def command_line(config, params, run_dir):
 # ----------------------------------------------------------------------------------------------
 # The sweep folder: results.csv, claims/ and the lock that several agents share
 
-def parse_cell(text):
-    """A results.csv cell back to the value written: '16' -> 16, '1e-05' -> 1e-05, 'True' -> True."""
-    if text in ("True", "False"):
-        return text == "True"
-    for parse in (json.loads, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read_results(path, parameters):
     """results.csv -> Runs; a parameter's cell reads back as the sweep's own value ('1e3' quoted stays a string)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
     runs = []
-    for row in rows:
-        values = {k: parse_cell(v) for k, v in row.items() if v != "" and k not in parameters}
-        params = {k: declared_value(spec, row[k]) for k, spec in parameters.items() if row.get(k, "") != ""}
-        runs.append(Run(row["run_id"], params, row["status"], values.get("exit_code"),
-                        {k: v for k, v in values.items() if k not in FIXED_COLUMNS}))
+    for row in runfiles.read_results(path):
+        params = {k: declared_value(spec, row[k]) for k, spec in parameters.items() if k in row}
+        summary = {k: v for k, v in row.items() if k not in parameters and k not in runfiles.RESULT_COLUMNS}
+        runs.append(Run(row["run_id"], params, row["status"], row.get("exit_code"), summary))
     return runs
 
 
-def declared_value(spec, text):
-    """A parameter's cell back to the value in the sweep file that it was written from, if any."""
+def declared_value(spec, value):
+    """A parameter's cell, read back, as the value in the sweep file that it was written from, if any."""
     declared = [spec["value"]] if "value" in spec else spec.get("values", [])
-    return next((value for value in declared if str(value) == text), parse_cell(text))
+    same = (v for v in declared if (back := parse_cell(str(v))) == value and type(back) is type(value))
+    return next(same, value)
 
 
 def write_results(path, runs, param_names):
-    metrics = sorted({k for run in runs for k in run.summary})
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIXED_COLUMNS + list(param_names) + metrics, restval="")
-        writer.writeheader()
-        for run in runs:
-            writer.writerow({"run_id": run.run_id, "status": run.status, "exit_code": run.exit_code,
-                             **run.params, **run.summary})
-    os.replace(tmp, path)  # an interruption leaves the old table or the new one, never half of one
+    rows = [{"run_id": run.run_id, "status": run.status, "exit_code": run.exit_code, **run.params, **run.summary}
+            for run in runs]
+    runfiles.write_results(path, rows, param_names)
 
 
 def read_history(run_dir):
@@ -391,10 +369,10 @@ def next_run(config, sweep_dir, new_allowed):
     """Claim this agent's next run: a preempted run nobody is resuming, else (if new_allowed) a new point from the
     engine, which sees every agent's ended and running runs. -> (run, rows of results.csv), run None if none."""
     with locked(sweep_dir):
-        rows = read_results(sweep_dir / RESULTS, config["parameters"])
+        rows = read_results(sweep_dir / runfiles.RESULTS, config["parameters"])
         claimed = claimed_runs(sweep_dir)
         busy = {run.run_id for run in claimed}
-        run = next((row for row in rows if row.status == "preempted" and row.run_id not in busy), None)
+        run = next((row for row in rows if row.status == runfiles.PREEMPTED and row.run_id not in busy), None)
         everyone = every_run(rows, claimed)
         if run is None and new_allowed and len(everyone) < config.get("run_cap", math.inf):
             points = propose(config, [run.sweep_run(sweep_dir) for run in everyone], 1)
@@ -407,8 +385,9 @@ def next_run(config, sweep_dir, new_allowed):
 def save_row(config, sweep_dir, run):
     """This run's row replaces any earlier one of the same id (its preempted part); its claim ends. -> rows"""
     with locked(sweep_dir):
-        rows = [row for row in read_results(sweep_dir / RESULTS, config["parameters"]) if row.run_id != run.run_id]
-        write_results(sweep_dir / RESULTS, rows + [run], list(config["parameters"]))
+        rows = [row for row in read_results(sweep_dir / runfiles.RESULTS, config["parameters"])
+                if row.run_id != run.run_id]
+        write_results(sweep_dir / runfiles.RESULTS, rows + [run], list(config["parameters"]))
         unclaim(sweep_dir, run)
     return rows + [run]
 
@@ -629,7 +608,7 @@ def fingerprint(path):
 def launch(config, run, sweep_dir, name, starter):
     run_dir = sweep_dir / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)  # exists when a preempted run is resumed
-    run.status, run.stop_sent, run.stale = "running", None, fingerprint(run_dir / runfiles.SUMMARY)
+    run.status, run.stop_sent, run.stale = None, None, fingerprint(run_dir / runfiles.SUMMARY)
     env = dict(os.environ, WANDB_MODE="offline", WANDB_RUN_GROUP=name, WANDB_RUN_ID=run.run_id,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))  # `accelerate`
     if run.gpu is not None:
@@ -674,14 +653,14 @@ def record(run, sweep_dir):
     run.summary = {k: v for k, v in summary.items()
                    if k not in ("status", "wandb_run_dir") and isinstance(v, (int, float, str, bool))}
     signalled = run.exit_code in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
-    if run.stop_sent is not None and summary.get("status") in (None, "preempted"):
-        run.status = "stopped"  # for good: its summary.json says so too, and it keeps no checkpoint
-        runfiles.write_json(run_dir / runfiles.SUMMARY, {**summary, "status": "stopped"})
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    elif summary.get("status") == "preempted" or (signalled and (run_dir / "checkpoint/progress.json").exists()):
-        run.status = "preempted"  # it has a checkpoint (a signal in start-up leaves the earlier one): resume it
+    if run.stop_sent is not None and summary.get("status") in (None, runfiles.PREEMPTED):
+        run.status = runfiles.STOPPED  # for good: it keeps no checkpoint, and its summary.json says so too
+        runfiles.remove_checkpoint(run_dir / runfiles.CHECKPOINT)
+        runfiles.write_json(run_dir / runfiles.SUMMARY, {**summary, "status": runfiles.STOPPED})
+    elif summary.get("status") == runfiles.PREEMPTED or (signalled and runfiles.has_checkpoint(run_dir)):
+        run.status = runfiles.PREEMPTED  # it has a checkpoint (a signal in start-up leaves the earlier one): resume
     elif run.exit_code != 0 or not summary:
-        run.status = "failed"  # a resume that crashes too: never resumed again in a loop
+        run.status = runfiles.FAILED  # a resume that crashes too: never resumed again in a loop
     else:
         run.status = summary["status"]
 
@@ -717,7 +696,7 @@ def run_sweep(config, name, sweep_dir, count, gpus, starter):
                 if run is None:
                     exhausted = True
                     break
-                if run.status != "preempted":  # --count limits new runs, not resumes
+                if run.status != runfiles.PREEMPTED:  # --count limits new runs, not resumes
                     launched += 1
                 run.gpu = free.pop(0)
                 launch(config, run, sweep_dir, name, starter)
@@ -736,7 +715,7 @@ def run_sweep(config, name, sweep_dir, count, gpus, starter):
                 record(run, sweep_dir)
                 rows = save_row(config, sweep_dir, run)
                 log = (sweep_dir / run.run_id / runfiles.LOG).read_text(errors="replace")
-                why = f"  [{last_line(log)}]" if run.status == "failed" else ""
+                why = f"  [{last_line(log)}]" if run.status == runfiles.FAILED else ""
                 print(f"{describe(run, config)}  ({time.monotonic() - run.started:.0f} s){why}", flush=True)
     finally:  # interrupted: stop our runs; those that saved a checkpoint get a `preempted` row, to resume
         for run in running:
@@ -748,12 +727,12 @@ def run_sweep(config, name, sweep_dir, count, gpus, starter):
                 signal_group(run, signal.SIGKILL)
                 run.proc.wait()
             record(run, sweep_dir)
-            if run.status == "preempted":
+            if run.status == runfiles.PREEMPTED:
                 save_row(config, sweep_dir, run)
             else:  # cut off in start-up: no row, so the engine proposes its point again
                 with locked(sweep_dir):
                     unclaim(sweep_dir, run)
-    return read_results(sweep_dir / RESULTS, config["parameters"])
+    return read_results(sweep_dir / runfiles.RESULTS, config["parameters"])
 
 
 def print_table(config, ended):
@@ -793,7 +772,7 @@ def main(argv=None):
         check_same_sweep(config, args.sweep_file, sweep_dir)
         program = None if args.cold_start or args.dry_run else warm_program(config)
         starter = WarmStarter(program) if program else None  # it imports while the engine proposes
-        seen = every_run(read_results(sweep_dir / RESULTS, config["parameters"]),
+        seen = every_run(read_results(sweep_dir / runfiles.RESULTS, config["parameters"]),
                          claimed_runs(sweep_dir, tidy=False))
         grid = config["method"] == "grid"
         plan = propose(config, [run.sweep_run(sweep_dir) for run in seen],

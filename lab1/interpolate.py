@@ -84,18 +84,13 @@ def pair_args(folders):
 
 def line(accelerator, a, folders, opts):
     """-> one row per alpha for a pair of run folders (a: the first one's flags)."""
-    splits, classes = data.load_splits(a)
-    model = train.create_model(a, len(classes), in_chans=splits["train"][0].shape[1]).to(accelerator.device)
-    sets = dict(zip(("train", "val", "test"), data.build_datasets(
-        a, splits, timm.data.resolve_model_data_config(model), accelerator.device), strict=True))
+    loaded = data.load_data(a)
+    model = train.create_model(a, len(loaded.classes), in_chans=loaded.in_chans).to(accelerator.device)
+    _, val, test, bn_loader = loaded.loaders(a, timm.data.resolve_model_data_config(model), accelerator.device, 1)
+    loaders = {"train": data.in_order(bn_loader.dataset, like=val), "val": val, "test": test}
     ends = [load_file(folder / "model.safetensors", device=str(accelerator.device)) for folder in folders]
-
-    def loader(name, batch_size, drop_last=False):
-        return torch.utils.data.DataLoader(sets[name], batch_size=batch_size, collate_fn=data.keep_batch,
-                                           drop_last=drop_last)
-
-    bn_loader = loader("train", train.precise_bn_batch(a, len(sets["train"]), 1), drop_last=True)
-    probe = opts.sharpness_samples and instruments.sharpness_images(sets["train"], opts.sharpness_samples, a.seed)
+    probe = opts.sharpness_samples and instruments.sharpness_images(bn_loader.dataset, opts.sharpness_samples, a.seed,
+                                                                    accelerator.device)
     rows = []
     alphas = torch.linspace(opts.alpha_min, opts.alpha_max, opts.points, dtype=torch.float64).tolist()
     for alpha in (round(x, 10) for x in alphas):  # 0 and 1 exactly, not 2.8e-17 from the spacing
@@ -104,8 +99,8 @@ def line(accelerator, a, folders, opts):
                                for k, v in ends[0].items()})
         train.recompute_batch_norm(accelerator, model, bn_loader)
         row = {"run_a": folders[0].name, "run_b": folders[1].name, "alpha": alpha}
-        for name in sets:
-            row.update(train.evaluate(accelerator, model, loader(name, train.eval_batch_size(a)), name)[0])
+        for name, loader in loaders.items():
+            row.update(train.evaluate(accelerator, model, loader, name)[0])
         if probe:
             row["sharpness/top_eig"] = instruments.sharpness(model, *probe, opts.sharpness_iters, a.seed,
                                                              a.label_smoothing)

@@ -2,18 +2,18 @@
 bad input and secrets. train.py runs as a subprocess with W&B offline, as in test_train.py."""
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import BIN, ROOT, TINY, clean_env, inspect_wandb, run
+from conftest import BIN, PATIENCE, ROOT, TINY, clean_env, inspect_wandb, run, signalled, unlisted_keys
 
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
@@ -31,7 +31,7 @@ def summary_of(out):
 def wandb_records(run_dir):
     """Every record of an offline run's .wandb log, read with W&B's own reader."""
     out = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--json", str(run_dir)],
-                         capture_output=True, text=True, check=True, timeout=60)
+                         capture_output=True, text=True, check=True, timeout=PATIENCE)
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -49,6 +49,7 @@ def test_divergence_stops_at_the_step_and_is_recorded(workdir):
     assert s["update"] == s["stop/step"] - 1 and math.isnan(s["test/acc"])  # the updates before the bad one
     recorded = inspect_wandb(s["wandb_run_dir"])["summary"]
     assert (recorded["status"], recorded["stop/epoch"], recorded["stop/step"]) == ("diverged", 1, s["stop/step"])
+    assert not unlisted_keys(workdir / "out", recorded)
 
 
 @pytest.mark.slow
@@ -63,13 +64,14 @@ def test_out_of_memory_is_recorded_with_the_batch_size_and_memory(workdir, error
     assert 50 < s["oom/rss_mb"] < s["oom/total_mb"] and 0 < s["oom/free_mb"] < s["oom/total_mb"]
     recorded = inspect_wandb(s["wandb_run_dir"])["summary"]
     assert recorded["status"] == "oom" and recorded["oom/batch_size"] == 32
+    assert not unlisted_keys(workdir / "out", recorded)
 
 
 @pytest.mark.slow
 def test_out_of_memory_on_one_rank_stops_both_ranks(workdir):
     env = clean_env(HOME=str(workdir), OOM_STEP="2", OOM_RANK="1")  # rank 0 is fine; it must not hang
     res = run([*ACCELERATE_2, str(ROOT / "tests/failing_model.py"), *TINY, "--model=oom_resnet", "--batch_size=16",
-               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir, env=env, timeout=180)
+               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     s = summary_of(workdir / "out")
     assert (s["status"], s["stop/step"], s["oom/batch_size"]) == ("oom", 2, 16)
@@ -86,18 +88,14 @@ def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
     whole = run(argv[1:] + ["--output_dir=whole"], cwd=workdir, env=env)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
-    cut = subprocess.Popen(argv + ["--output_dir=cut"], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (workdir / "cut/history.csv").exists():  # epoch 1 done: training is under way
-        assert cut.poll() is None and time.monotonic() < deadline, cut.communicate()[0]
-        time.sleep(0.05)
-    cut.send_signal(signal.SIGTERM)
-    printed = cut.communicate(timeout=60)[0]
+    cut = signalled(argv[2:] + ["--output_dir=cut"], workdir, env, "TERM", at="evaluation_point")  # epoch 1 done
+    printed = cut.stdout + cut.stderr
     assert cut.returncode == 128 + signal.SIGTERM, printed[-2000:]  # non-zero: W&B's agent requeues it
     stopped = summary_of(workdir / "cut")
     assert stopped["status"] == "preempted" and "run the same command to resume" in printed
+    assert (stopped["stop/epoch"], stopped["stop/step"], stopped["update"]) == (2, 1, 9)  # the next update
     progress = json.loads((workdir / "cut/checkpoint/progress.json").read_text())
+    assert list(progress) == [f.name for f in dataclasses.fields(runfiles.Progress)]  # what the loop state is
     assert progress["epoch"] + 1 == stopped["stop/epoch"] and progress["step"] == stopped["stop/step"]
     saved = {p.name for p in (workdir / "cut/checkpoint").iterdir()}
     assert {"model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl"} <= saved
@@ -115,6 +113,7 @@ def test_preempted_run_resumes_the_same_wandb_run_to_the_same_result(workdir):
     assert (workdir / "cut/history.csv").read_text().count("\n") == 4  # header + 3 epochs, none twice
     assert inspect_wandb(b["wandb_run_dir"])["run_id"] == inspect_wandb(stopped["wandb_run_dir"])["run_id"]
     assert b["wandb_run_dir"] != stopped["wandb_run_dir"]  # offline: a second file of the same run, for wandb sync
+    assert not unlisted_keys(workdir / "cut", inspect_wandb(b["wandb_run_dir"])["summary"])
     records = wandb_records(b["wandb_run_dir"])
     assert len([r for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]) == 1
 
@@ -136,7 +135,7 @@ def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
     history = runfiles.read_history(workdir / "out/history.csv")
     losses = [h["val/loss"] for h in history]
     best = losses.index(min(losses))
-    assert s["status"] == "early_stopped" and len(history) < 40
+    assert s["status"] == "early_stopped" and len(history) < 40 and not unlisted_keys(workdir / "out")
     assert len(history) == best + 1 + 2  # two epochs without a lower val/loss after the best one
 
     # The test metrics are those of the saved best weights, recomputed here from model.safetensors.
@@ -144,11 +143,11 @@ def test_early_stopping_tests_the_best_epochs_weights_and_logs_them(workdir):
     import torch
     from safetensors.torch import load_file
     args = train.parse_args([*TINY])
-    splits, classes = data.load_splits(args)
+    loaded = data.load_data(args)
     model = timm.create_model("resnet10t", num_classes=10, in_chans=1)
     model.load_state_dict(load_file(workdir / "out/model.safetensors"))
     model.eval()
-    _, _, test = data.build_datasets(args, splits, timm.data.resolve_model_data_config(model), torch.device("cpu"))
+    test = loaded.loaders(args, timm.data.resolve_model_data_config(model), torch.device("cpu"), 1)[2].dataset
     with torch.no_grad():
         x, y = test.__getitems__(range(len(test)))
         logits = model(x)
@@ -196,17 +195,17 @@ BAD_INPUT = [
     (["--config=not_yaml.yaml"], "cannot read --config not_yaml.yaml"),
     (["--config=unknown_key.yaml"], "unknown key 'learning_rate'"),
     (["--config=bad_value.yaml"], "bad value for 'epochs'"),
-    (["--mixed_precision=fp16"], "fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no"),
+    (["--mixed_precision=fp16"], "fp16 needs a CUDA GPU; on the CPU use --mixed_precision no"),
     (["--pretrained", "--pretrained_path=no_weights.pth"], "--pretrained_path no_weights.pth is not a file"),
     (["--batch_sise=64"], "unrecognized arguments: --batch_sise=64"),  # a typo must not quietly run the default
     (["--lr_=0.1"], "unrecognized arguments: --lr_=0.1"),  # nor a prefix match (allow_abbrev=False)
     (["--pretrained=maybe"], "expected true/false/1/0"),
     (["--mixed_precision=fp8"], "invalid choice: 'fp8'"),
-    (["--img_size=4"], "--img_size: expected a whole number >= 8"),
+    (["--img_size=4"], "--img_size: expected a whole number in [8, 16384]"),
     (["--val_fraction=1.5"], "--val_fraction: expected a number in (0, 1)"),
     (["--noise_scale"], "set --grad_accum_steps 2 or more"),
     # numbers out of their range
-    (["--seed=-1"], "--seed: expected a whole number >= 0"),
+    (["--seed=-1"], "--seed: expected a whole number in [0, 4294967295]"),
     (["--momentum=-0.5", "--optimizer=sgd"], "--momentum: expected a number in [0, 1)"),
     (["--weight_decay=-0.1"], "--weight_decay: expected a number >= 0"),
     (["--clip_grad=-1"], "--clip_grad: expected a number >= 0"),
@@ -215,7 +214,7 @@ BAD_INPUT = [
     (["--target_val_acc=1.5"], "--target_val_acc: expected a number in [0, 1]"),
     (["--evals_per_epoch=0"], "--evals_per_epoch: expected a whole number >= 1"),
     (["--grad_accum_steps=0"], "--grad_accum_steps: expected a whole number >= 1"),
-    (["--img_size=big"], "--img_size: expected a whole number >= 8"),
+    (["--img_size=big"], "--img_size: expected a whole number in [8, 16384]"),
     # sizes that leave a split empty or ask for more than there is
     (["--train_samples=5000"], "--train_samples 5000 is more than the 1259 training images"),
     (["--test_fraction=0.001"], "the test split is empty; raise --test_fraction"),

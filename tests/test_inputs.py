@@ -61,14 +61,15 @@ def folders(tmp_path_factory):
 @pytest.mark.parametrize("name, parts, sizes", LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
 def test_each_imagefolder_layout_gives_its_splits(folders, name, parts, sizes):
     args = train.parse_args(["--dataset=imagefolder", f"--data_dir={folders / name}"])
-    splits, classes = data.load_splits(args)
+    loaded = data.load_data(args)
+    splits, classes = loaded.splits, loaded.classes
     assert tuple(len(splits[s][1]) for s in ("train", "val", "test")) + (len(classes),) == sizes
     assert classes == [f"class_{c}" for c in range(10)]
 
 
 def test_labels_follow_class_names_in_every_split_and_hidden_entries_are_skipped(folders):
     args = train.parse_args(["--dataset=imagefolder", f"--data_dir={folders / 'gaps'}"])
-    (parts, classes) = data.load_arrays(args)
+    (parts, classes) = data.DATASETS["imagefolder"].list(args)
     assert classes == [f"class_{c}" for c in range(10)]  # no ".cache" or ".ipynb_checkpoints" class
     assert len(parts["train"][1]) == 150  # class_3/.thumbs/x.png is not an image of class 3
     from sklearn.datasets import load_digits

@@ -200,9 +200,11 @@ def test_sharpness_and_memorisation_in_a_run_leave_its_training_bit_for_bit(work
     res = train_many([[*noisy, *sharp, "--output_dir=sharp"],  # W&B offline, read back below
                       [*noisy, "--wandb_mode=disabled", "--output_dir=plain"],
                       [*TINY, "--epochs=1", "--ghost_batch_size=8", "--precise_bn", *sharp, "--num_threads=1",
-                       "--wandb_mode=disabled", "--output_dir=ghost"]], workdir)
+                       "--wandb_mode=disabled", "--output_dir=ghost"],
+                      [*noisy, *sharp, "--epochs=1", "--data_in_memory=false", "--workers=1", "--wandb_mode=disabled",
+                       "--output_dir=stream"]], workdir)
     assert res.returncode == 0, res.stderr[-3000:]
-    sharp, plain, ghost_run = (history(workdir / name) for name in ("sharp", "plain", "ghost"))
+    sharp, plain, ghost_run, stream = (history(workdir / name) for name in ("sharp", "plain", "ghost", "stream"))
 
     # measured at both points, and the training, evaluation and weights are the same as without it
     assert len(sharp) == 2 and all(0 < r["sharpness/top_eig"] < math.inf for r in sharp)
@@ -223,23 +225,26 @@ def test_sharpness_and_memorisation_in_a_run_leave_its_training_bit_for_bit(work
     # memorisation, recomputed from the saved model (the lowest-val/loss point's weights and statistics)
     import timm
     args = train.parse_args(noisy)
-    splits, classes = data.load_splits(args)
+    loaded = data.load_data(args)
     model = timm.create_model("resnet10t", num_classes=10, in_chans=1)
     model.load_state_dict(ends[0])
-    train_set = data.build_datasets(args, splits, timm.data.resolve_model_data_config(model), torch.device("cpu"))[0]
-    x, labels = train_set.__getitems__(range(len(train_set)))
+    bn = loaded.loaders(args, timm.data.resolve_model_data_config(model), torch.device("cpu"), 1)[3]
+    x, labels = bn.dataset.__getitems__(range(len(bn.dataset)))  # the training images without augmentation
     with torch.no_grad():
         pred = model.eval()(x).argmax(1)
-    true = torch.as_tensor(splits["train_true_labels"])
+    true = torch.as_tensor(loaded.splits["train_true_labels"])
     changed = labels != true
     assert changed.sum().item() == 32 == runfiles.read_json(workdir / "sharp/config.json")["label_noise_changed"]
     row = min(sharp, key=lambda r: r["val/loss"])
     assert row["train/acc_clean"] == pytest.approx((pred == labels)[~changed].float().mean().item(), abs=1e-6)
     assert row["train/acc_noisy"] == pytest.approx((pred == labels)[changed].float().mean().item(), abs=1e-6)
     assert row["train/acc_noisy_true"] == pytest.approx((pred == true)[changed].float().mean().item(), abs=1e-6)
-    for r in sharp:  # whole images out of 96 kept and 32 changed labels
+    for r in sharp + stream:  # whole images out of 96 kept and 32 changed labels, in memory and streamed
+        assert 0 < r["sharpness/top_eig"] < math.inf and 0 <= r["train/acc_noisy_true"] <= 1
         assert r["train/acc_clean"] * 96 == pytest.approx(round(r["train/acc_clean"] * 96), abs=1e-4)
         assert r["train/acc_noisy"] * 32 == pytest.approx(round(r["train/acc_noisy"] * 32), abs=1e-4)
+
+    assert runfiles.read_json(workdir / "stream/config.json")["data_path"] == "stream"
 
     # ghost batch norm with precise BN and sharpness; without label noise there are no train/acc_* columns
     assert runfiles.read_json(workdir / "ghost/config.json")["num_threads"] == 1  # the count used, as asked
