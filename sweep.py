@@ -1,9 +1,10 @@
 """Offline sweep agent: run a sweeps/*.yaml file with W&B's own sweep engine, without a W&B server.
 
     python sweep.py sweeps/lab1_lr.yaml                # every grid point, one run at a time (CPU)
-    python sweep.py sweeps/lab1_lr.yaml --dry_run      # print the command lines that would run
+    python sweep.py sweeps/lab1_lr.yaml --dry_run      # print the command lines it would run now
     python sweep.py sweeps/bayes.yaml --count 10       # at most 10 new runs, then stop
     python sweep.py sweeps/bayes.yaml --gpus 0,1       # two runs at once, one per GPU
+    python sweep.py sweeps/multi_gpu.yaml --gpus 0,1:2,3   # two runs at once, each on a pair of GPUs
     python sweep.py sweeps/lab1_lr.yaml --cold_start   # each run a new `python train.py` process (slower)
 
 Online, the same files run with `wandb sweep sweeps/X.yaml` and then `wandb agent ENTITY/PROJECT/ID`.
@@ -19,8 +20,9 @@ ARGS` would, in its own process and process group, with its own environment, tra
 
 State is runs/sweeps/<sweep name>/: results.csv (one row per ended run), sweep.yaml (the file that made it)
 and claims/ (one file per run an agent is running). Run the same command again after an interruption: ended
-runs are never repeated, and a `preempted` run (SIGTERM or Ctrl-C of this agent) is resumed first, under the
-same run id and folder. A sweep folder holds one version of one file: an edited file is refused (start it in
+runs are never repeated, and a `preempted` run (SIGTERM or Ctrl-C of this agent, however often) is resumed
+first, under the same run id and folder, as is a run whose agent was killed outright (SIGKILL) once the run has
+saved its checkpoint. A sweep folder holds one version of one file: an edited file is refused (start it in
 another --sweep_dir). Several agents may share a sweep folder on one machine: a lock on the folder and a
 claim per run make sure no point runs twice and no row is lost. The README's fault table says what survives what.
 """
@@ -29,11 +31,14 @@ import argparse
 import ast
 import atexit
 import contextlib
+import csv
 import ctypes
 import fcntl
 import importlib
+import itertools
 import json
 import math
+import multiprocessing.reduction
 import os
 import re
 import runpy
@@ -46,19 +51,21 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 import runfiles
-from runfiles import parse_cell
 
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")  # sweeps' pydantic v1 config
 import jsonschema
 import sweeps
+from sweeps.params import HyperParameter
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 from wandb.sdk.lib.runid import generate_id  # the 8-character id wandb.init would pick
 
@@ -68,6 +75,7 @@ KILL_GRACE_S = 30  # seconds between SIGTERM and SIGKILL, as wandb agent's kill 
 SWEEP_COPY, CLAIMS, LOCK = "sweep.yaml", "claims", ".lock"
 CONFIG_COPY = "config_files.json"  # the text of each --config file the sweep names: it changes runs as the sweep does
 FLAG_MACROS = ("args", "args_no_equals", "args_no_boolean_flags")  # ${...} that expand to flags train.py takes
+SAY_CHECKING = 1000  # points: checking more flags than this takes long enough (about 10 ms a point) to say so
 
 
 class SweepError(Exception):
@@ -88,19 +96,34 @@ class Run:
     claim: object = None  # the open, flock'ed claims/<run_id>.json while this agent runs it
     stale: tuple | None = None  # summary.json's (inode, mtime) at launch: a resumed run's earlier part wrote it
 
-    def sweep_run(self, sweep_dir):
-        """This run as the engine sees it: its config, state, summary, and history."""
+    def sweep_run(self, sweep_dir, history=True):
+        """This run as the engine sees it: its config, state, summary, and history (bayes and Hyperband read it;
+        grid and random do not, and reading every run's history.csv is what a large sweep cannot afford)."""
         state = (sweeps.RunState.running if self.status is None else
                  sweeps.RunState.failed if self.status == runfiles.FAILED else sweeps.RunState.finished)
         return sweeps.SweepRun(name=self.run_id, state=state, config={k: {"value": v} for k, v in self.params.items()},
-                               summary_metrics=self.summary, history=read_history(sweep_dir / self.run_id))
+                               summary_metrics=self.summary,
+                               history=read_history(sweep_dir / self.run_id) if history else [])
 
 
 # ----------------------------------------------------------------------------------------------
 # The sweep file: parsed, validated by W&B's schema and engine, and checked against the program's own parser
 
 class Loader(yaml.SafeLoader):
-    """YAML with 1e-3 read as a number, as YAML 1.2 and every reader of the file does (PyYAML wants 1.0e-3)."""
+    """YAML with 1e-3 read as a number, as YAML 1.2 and every reader of the file does (PyYAML wants 1.0e-3), and a
+    key given twice refused (PyYAML keeps the last silently, so one of two values would never run)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -118,6 +141,9 @@ def read_sweep(path):
     parameters = raw.get("parameters")
     if not isinstance(parameters, dict) or not all(isinstance(spec, dict) for spec in parameters.values()):
         raise SweepError("parameters: must map each flag name to {value: x} or {values: [x, y]}")
+    if bad := next((key for key in parameters if not isinstance(key, str)), None):
+        raise SweepError(f"parameters: {bad!r} is not a flag name; name each parameter after a flag of train.py "
+                         "(quote it if YAML reads it as a number)")
     try:
         violations = sweeps.schema_violations_from_proposed_config(raw)
         config = sweeps.SweepConfig(raw) if not violations else None
@@ -135,6 +161,13 @@ def load_sweep(path):
         raise SweepError(f"method {config['method']!r}: the sweeps engine offers grid, random and bayes")
     check_program(config.get("program", ""))
     check_command(config)
+    if "output_dir" in config["parameters"]:
+        raise SweepError("parameters: output_dir is sweep.py's to set (each run gets <sweep_dir>/<run id>); remove "
+                         "it, and choose where with --sweep_dir")
+    metric = config.get("metric", {}).get("name")
+    if metric is not None and not runfiles.is_metric(metric):
+        raise SweepError(f"metric: train.py never logs {metric!r}, so bayes would learn nothing and Hyperband stop "
+                         "nothing; use one of its metrics (INTERFACE.md), e.g. val/acc")
     sweeps.next_run(config, [])  # the engine's own checks (ValueError), e.g. bayes without a metric
     if "early_terminate" in config:
         try:
@@ -183,6 +216,15 @@ def check_command(config):
         name = chunk.split("=")[0].removeprefix("--")
         if chunk.startswith("--") and (name in config["parameters"] or name == "output_dir"):
             raise SweepError(f"command: {chunk} after ${{{forms[0]}}} overrides the sweep's value; remove it")
+    binary = command[1] if command[0] == "${env}" and len(command) > 1 else command[0]
+    if not binary.startswith("${") and not shutil.which(binary, path=run_path()):
+        raise SweepError(f"command: {binary!r} is not a program on PATH (nor beside this Python); install it, or "
+                         "fix the command")
+
+
+def run_path():
+    """The PATH each run gets: this Python's folder first, so a command's `accelerate` is the one installed with it."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def identity(config):
@@ -197,6 +239,14 @@ def config_files(config):
     spec = config["parameters"].get("config", {})
     paths = spec["values"] if "values" in spec else [spec["value"]] if "value" in spec else []
     return {str(p): Path(p).read_text() for p in paths if p and Path(p).is_file()}
+
+
+def as_read(text):
+    """A --config file's text as train.py reads it (yaml.safe_load): its comments and layout change no run."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def check_same_sweep(config, sweep_file, sweep_dir):
@@ -214,56 +264,161 @@ def check_same_sweep(config, sweep_file, sweep_dir):
                 if parameters[0].get(k) != parameters[1].get(k)]
     copies = sweep_dir / CONFIG_COPY
     old_files = json.loads(copies.read_text()) if copies.exists() else {}
-    changed += [f"config file {p}" for p, text in config_files(config).items() if old_files.get(p, text) != text]
+    changed += [f"config file {p}" for p, text in config_files(config).items()
+                if as_read(old_files.get(p, text)) != as_read(text)]
     if changed:
         raise SweepError(f"{sweep_dir} holds the results of another version of this file (changed: "
                          f"{', '.join(changed)}); start fresh with --sweep_dir NEW_DIR, or delete {sweep_dir}")
 
 
-def check_program_accepts(config, points, starter=None):
-    """Parse each point's flags with the program's own parse_args, so a bad parameter stops the sweep now. That
-    runs in a process of its own (check_flags), a fork of the warm-start process if there is one: this agent
-    neither pays the program's imports nor runs its code."""
-    argvs = [flags(params) for params in points]
+def edge_values(name, spec):
+    """Every value a parameter can take, or for a distribution the ends of what it can produce, computed by the
+    engine's own ppf at 0 and 1: min and max, for q_* the quantised ends, for normal -inf and inf."""
+    param = HyperParameter(name, spec)
+    if param.type == param.CONSTANT:
+        return [param.config["value"]]
+    if param.type in (param.CATEGORICAL, param.CATEGORICAL_PROB):
+        return list(param.config["values"])
+    if param.type == param.INT_UNIFORM:  # its ppf(0) is min - 1 (scipy's randint), a value sample() never gives
+        return [param.config["min"], param.config["max"]]
+    with np.errstate(all="ignore"):  # ppf(0) of a normal is -inf: that end is what the check must see
+        ends = [np.asarray(param.ppf(x)).item() for x in (0.0, 1.0)]
+        if spec.get("distribution", "").startswith("q_"):  # a quantised infinite end is inf cast to int: garbage
+            free = HyperParameter(name, {**{k: v for k, v in spec.items() if k != "q"},
+                                         "distribution": spec["distribution"][2:]})
+            unquantised = [float(free.ppf(x)) for x in (0.0, 1.0)]
+            ends = [end if math.isfinite(u) else u for end, u in zip(ends, unquantised, strict=True)]
+    return ends
+
+
+def edge_points(config):
+    """Points that between them give every parameter each of its edge values, from two corners (every parameter at
+    its first edge, and at its last), one parameter changed at a time: a product of every edge would be 2^k points
+    for k distributions, and train.py's rules that join two flags are met at the corners."""
+    edges = {name: edge_values(name, spec) for name, spec in config["parameters"].items()}
+    points = {}
+    for corner in (0, -1):
+        base = {name: values[corner] for name, values in edges.items()}
+        for point in [base] + [{**base, name: value} for name, values in edges.items() for value in values]:
+            points.setdefault(json.dumps(point, sort_keys=True), point)
+    return list(points.values())
+
+
+def flag_checks(config, points):
+    """[argv, note] pairs for check_flags: each planned point and, as a random or bayes sweep draws its values, the
+    edge points of its distributions (a grid's planned points are every value it will run)."""
+    checks = [[flags(params), ""] for params in points]
+    if config["method"] != "grid":
+        edges = edge_points(config)
+        checks += [[flags(params), "values at the ends of the sweep's distributions"] for params in edges]
+    return checks
+
+
+def check_program_accepts(config, checks, starter=None):
+    """Parse each check's flags with the program's own parse_args, so a bad parameter stops the sweep now. That
+    runs in a process of its own (check_flags), a fork of the warm-start process if there is one, else of this
+    one: this agent neither pays the program's imports nor runs its code, and no new process imports sweep.py's."""
+    if len(checks) > SAY_CHECKING:
+        print(f"checking {len(checks):,} points' flags with {config['program']}'s parse_args before any run (give "
+              "--count N to check and run fewer at a time)", file=sys.stderr, flush=True)
     if starter:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "check.log"
-            code = starter.start(config["program"], argvs, dict(os.environ), out, check=True).wait()
+            code = starter.start(config["program"], checks, dict(os.environ), out, check=True).wait()
             text = out.read_text()
     else:
-        command = f"import sys; sys.path[0] = {str(HERE)!r}; import sweep; sweep.check_flags(sys.argv[1])"
-        res = subprocess.run([sys.executable, "-c", command, config["program"]], input=json.dumps(argvs),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        code, text = res.returncode, res.stdout
+        text, code = forked(check_flags, config["program"], checks)
     if code != 0:
         raise SweepError(last_line(text) or f"checking its flags ended with exit code {code}")
 
 
-def check_flags(program, argvs=None):
-    """In a process of its own, each argv (else a JSON list of them on stdin): print the first that the program's
-    parse_args rejects and exit 2, or exit 0. check_program made sure it is a train.py with parse_args, which
-    does nothing at import but import."""
+def forked(function, *args):
+    """function(*args, out=FILE) in a fork of this process, where it ends the process -> (what it and the
+    program's imports printed, its exit code)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.dup2(write, 1)
+        os.dup2(write, 2)
+        out = os.fdopen(write, "w")
+        try:
+            function(*args, out=out)
+        except BaseException:  # an error in the program's own imports: say what, never run on as a second agent
+            traceback.print_exc(file=out)
+            out.flush()
+        os._exit(1)
+    os.close(write)
+    with os.fdopen(read, errors="replace") as f:
+        text = f.read()
+    return text, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def check_flags(program, argvs, out=None):
+    """In a process of its own, each [argv, note]: print the first that the program's parse_args rejects and exit
+    2, or exit 0. check_program made sure it is a train.py with parse_args, which does nothing at import but
+    import."""
     sys.path[0] = str(Path(program).resolve().parent)  # as `python train.py` has it
+    os.environ["WANDB_MODE"] = "offline"  # as launch gives every run
     module = runpy.run_path(program, run_name="__sweep_check__")  # its globals; main() does not run
-    for argv in json.load(sys.stdin) if argvs is None else argvs:
+    error = first_rejected(module, argvs)
+    if error:
+        print(f"{program} {error}", file=out or sys.stdout, flush=True)
+    os._exit(2 if error else 0)  # tearing down torch & co. would take seconds
+
+
+def first_rejected(module, argvs):
+    """'rejects `ARGV`: why' for the first [argv, note] that the program (its globals) refuses, else None."""
+    for argv, note in argvs:
         try:
             module["parse_args"](argv)
         except (module.get("ConfigError", ValueError), SystemExit) as e:
-            print(f"{program} rejects `{shlex.join(argv)}`: {e}", flush=True)
-            os._exit(2)
-    os._exit(0)  # tearing down torch & co. would take seconds
+            return f"rejects `{shlex.join(argv)}`{f' ({note})' if note else ''}: {e}"
+    return None
 
 
-def propose(config, runs, n):
-    """Up to n parameter points from the engine; proposals so far count as pending runs, so none repeats."""
-    pending = []
-    while len(pending) < n:
-        run = sweeps.next_run(config, runs + pending)
-        if run is None:  # grid exhausted
-            break
-        run.state = sweeps.RunState.pending
-        pending.append(run)
-    return [{k: v["value"] for k, v in run.config.items()} for run in pending]
+def propose(config, runs, n, sweep_dir=None):
+    """Up to n new parameter points (n may be math.inf for a grid: all it has left), none a point of runs (every
+    agent's ended and running Runs). A grid's points come from grid_points, those taken skipped; random and bayes
+    ask the engine once for n, and it counts its own proposals as pending, so that none repeats."""
+    if n <= 0:
+        return []
+    if config["method"] == "grid":
+        taken = {point_key(config, run.params) for run in runs}
+        left = (point for point in grid_points(config) if point_key(config, point) not in taken)
+        return list(itertools.islice(left, None if n == math.inf else n))
+    proposals = sweeps.next_runs(config, engine_runs(config, runs, sweep_dir), n=n)
+    return [{k: native(v["value"]) for k, v in run.config.items()} for run in proposals]
+
+
+GRIDS = {}  # a grid sweep's identity -> its points: an agent computes them once
+
+
+def grid_points(config):
+    """Every point of a grid in the engine's order, computed by the engine once an agent (next_runs with no runs).
+    The engine, asked for each next point, computes and hashes the whole grid again: 0.4 s a proposal at 10,000
+    points, and sweep.py asked it once for each point of a plan (bench/RESULTS.md)."""
+    key = json.dumps(identity(config), sort_keys=True)
+    if key not in GRIDS:
+        GRIDS[key] = [{k: native(v["value"]) for k, v in run.config.items()}
+                      for run in sweeps.next_runs(config, [], n=sys.maxsize) if run is not None]  # None: the end
+    return GRIDS[key]
+
+
+def point_key(config, params):
+    """What tells grid points apart, as the engine tells them: the values of the parameters that vary."""
+    return json.dumps([params.get(k) for k, spec in config["parameters"].items() if "value" not in spec])
+
+
+def native(value):
+    """An engine value as Python has it: q_* distributions and normal give numpy scalars, which neither JSON (the
+    claim, results.csv) nor the flags take as they are."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def engine_runs(config, runs, sweep_dir):
+    """runs as the engine sees them, with their history only where the method reads it (bayes)."""
+    return [run.sweep_run(sweep_dir, history=config["method"] == "bayes" and sweep_dir is not None) for run in runs]
 
 
 def flags(params, run_dir=None):
@@ -289,19 +444,29 @@ def command_line(config, params, run_dir):
 
 def read_results(path, parameters):
     """results.csv -> Runs; a parameter's cell reads back as the sweep's own value ('1e3' quoted stays a string)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    declared = {k: declared_values(spec) for k, spec in parameters.items()}
     runs = []
-    for row in runfiles.read_results(path):
-        params = {k: declared_value(spec, row[k]) for k, spec in parameters.items() if k in row}
-        summary = {k: v for k, v in row.items() if k not in parameters and k not in runfiles.RESULT_COLUMNS}
-        runs.append(Run(row["run_id"], params, row["status"], row.get("exit_code"), summary))
+    for row in rows:
+        values = {k: v if k in runfiles.TEXT_COLUMNS else runfiles.parse_cell(v)
+                  for k, v in row.items() if v not in ("", None) and k not in parameters}
+        params = {k: declared[k].get(row[k], runfiles.parse_cell(row[k])) for k in parameters if row.get(k, "") != ""}
+        runs.append(Run(row["run_id"], params, row["status"], values.get("exit_code"),
+                        {k: v for k, v in values.items() if k not in runfiles.RESULT_COLUMNS}))
     return runs
 
 
-def declared_value(spec, value):
-    """A parameter's cell, read back, as the value in the sweep file that it was written from, if any."""
+def declared_values(spec):
+    """{cell text: value} of a parameter's values in the sweep file, the first of any that read alike: a cell
+    reads back as the value it was written from (a lookup, not a search: a grid may have 10,000 values)."""
     declared = [spec["value"]] if "value" in spec else spec.get("values", [])
-    same = (v for v in declared if (back := parse_cell(str(v))) == value and type(back) is type(value))
-    return next(same, value)
+    lookup = {}
+    for value in declared:
+        lookup.setdefault(str(value), value)
+    return lookup
 
 
 def write_results(path, runs, param_names):
@@ -343,43 +508,101 @@ def unclaim(sweep_dir, run):
     run.claim.close()
 
 
-def claimed_runs(sweep_dir, tidy=True):
-    """The runs some agent (this one included) is running: claims whose flock is held. A claim whose lock can be
-    taken is stale, its agent gone (even SIGKILLed); with tidy (under the lock) it is removed."""
-    runs = []
+def claimed_runs(sweep_dir):
+    """-> (held, stale): the runs of claims whose flock is held, by an agent or by the run it started (which
+    inherits the claim: sweep.py SIGKILLed, its runs still save their checkpoints), and of claims whose lock is
+    free: agent and run both gone. A claim cut while being written reads as stale, without params."""
+    held, stale = [], []
     for path in sorted((sweep_dir / CLAIMS).glob("*.json")):
-        with contextlib.suppress(FileNotFoundError, ValueError), path.open() as f:  # ended, or being written
+        with contextlib.suppress(FileNotFoundError), path.open() as f:  # FileNotFoundError: it just ended
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                data = json.loads(f.read())
-                runs.append(Run(data["run_id"], data["params"]))
+                with contextlib.suppress(ValueError):  # being written: its agent holds the lock of the sweep
+                    data = json.loads(f.read())
+                    held.append(Run(data["run_id"], data["params"]))
                 continue
-            if tidy:
-                path.unlink()
-    return runs
+            try:
+                stale.append(Run(path.stem, json.loads(f.read())["params"]))
+            except (ValueError, KeyError):
+                stale.append(Run(path.stem, None))
+    return held, stale
+
+
+def left_behind(sweep_dir, run):
+    """A stale claim's run as its folder says it ended: the final status of its summary.json, or `preempted` when
+    it saved a checkpoint (to resume, under its id), else None (cut off before either: its point runs again)."""
+    if run.params is None:  # its claim was cut while being written: nothing says which point it ran
+        return None
+    run_dir = sweep_dir / run.run_id
+    summary = runfiles.read_json(run_dir / runfiles.SUMMARY) or {}
+    if summary.get("status") in runfiles.STATUSES and summary["status"] != runfiles.PREEMPTED:
+        run.status = summary["status"]
+    elif runfiles.has_checkpoint(run_dir):
+        run.status = runfiles.PREEMPTED
+    else:
+        return None
+    run.summary, run.exit_code = scalars(summary), None  # its exit code went with its agent
+    return run
+
+
+def sweep_state(config, sweep_dir, write=False):
+    """The sweep as every agent left it -> (rows, held claims), each stale claim's run in rows if left_behind gives
+    it a status. With write (under the lock), those rows are saved and the stale claims removed."""
+    rows = read_results(sweep_dir / runfiles.RESULTS, config["parameters"])
+    held, stale = claimed_runs(sweep_dir)
+    found = {run.run_id: run for run in stale if left_behind(sweep_dir, run)}
+    if found:
+        rows = [row for row in rows if row.run_id not in found] + list(found.values())
+    if write:
+        if found:
+            write_results(sweep_dir / runfiles.RESULTS, rows, list(config["parameters"]))
+        for run in stale:
+            (sweep_dir / CLAIMS / f"{run.run_id}.json").unlink(missing_ok=True)
+    return rows, held
 
 
 def every_run(rows, claimed):
     """The sweep's runs, each once: ended ones (rows) and running ones (claims; a resumed run has both)."""
-    return rows + [run for run in claimed if run.run_id not in {row.run_id for row in rows}]
+    ended = {row.run_id for row in rows}
+    return rows + [run for run in claimed if run.run_id not in ended]
+
+
+def to_resume(rows, held):
+    """The preempted runs no agent is resuming, oldest first."""
+    busy = {run.run_id for run in held}
+    return [row for row in rows if row.status == runfiles.PREEMPTED and row.run_id not in busy]
+
+
+def new_runs_allowed(config, everyone, count):
+    """How many new runs an agent may start: --count, within run_cap (every agent's runs count)."""
+    return min(count, config.get("run_cap", math.inf) - len(everyone))
 
 
 def next_run(config, sweep_dir, new_allowed):
     """Claim this agent's next run: a preempted run nobody is resuming, else (if new_allowed) a new point from the
     engine, which sees every agent's ended and running runs. -> (run, rows of results.csv), run None if none."""
     with locked(sweep_dir):
-        rows = read_results(sweep_dir / runfiles.RESULTS, config["parameters"])
-        claimed = claimed_runs(sweep_dir)
-        busy = {run.run_id for run in claimed}
-        run = next((row for row in rows if row.status == runfiles.PREEMPTED and row.run_id not in busy), None)
-        everyone = every_run(rows, claimed)
-        if run is None and new_allowed and len(everyone) < config.get("run_cap", math.inf):
-            points = propose(config, [run.sweep_run(sweep_dir) for run in everyone], 1)
+        rows, held = sweep_state(config, sweep_dir, write=True)
+        run = next(iter(to_resume(rows, held)), None)
+        everyone = every_run(rows, held)
+        if run is None and new_allowed and new_runs_allowed(config, everyone, 1) > 0:
+            points = propose(config, everyone, 1, sweep_dir)
             run = Run(generate_id(), points[0]) if points else None
         if run is not None:
             claim(sweep_dir, run)
     return run, rows
+
+
+def plan(config, sweep_dir, count):
+    """What an invocation would run now, read without the lock and writing nothing: (preempted runs it would
+    resume, the new points it would start). Random and bayes never run out: without --count or run_cap, one."""
+    rows, held = sweep_state(config, sweep_dir)
+    everyone = every_run(rows, held)
+    n = new_runs_allowed(config, everyone, count)
+    if n == math.inf and config["method"] != "grid":
+        n = 1
+    return to_resume(rows, held), propose(config, everyone, n, sweep_dir)
 
 
 def save_row(config, sweep_dir, run):
@@ -428,9 +651,13 @@ class WarmStarter:
         self.conn = Connection(ours.detach())
         self.exits = {}  # pid -> exit code, as subprocess.Popen.returncode gives it, of runs that ended
 
-    def start(self, program, args, env, log, check=False):
-        """A run of program with args; with check, args is a list of argvs for check_flags instead."""
-        self.conn.send({"program": str(program), "args": args, "env": env, "log": str(log), "check": check})
+    def start(self, program, args, env, log, check=False, claim=None):
+        """A run of program with args; with check, args is a list of argvs for check_flags instead. claim: a file
+        descriptor the run inherits (its claim, whose flock then lasts as long as the run)."""
+        self.conn.send({"program": str(program), "args": args, "env": env, "log": str(log), "check": check,
+                        "claim": claim is not None})
+        if claim is not None:
+            multiprocessing.reduction.send_handle(self.conn, claim, self.proc.pid)
         while "exit" in (message := self.receive()):
             pass
         return WarmProcess(message["pid"], self)
@@ -499,14 +726,17 @@ def serve_warm(program, fd):
         if conn in ready:
             try:
                 request = conn.recv()
+                claim = multiprocessing.reduction.recv_handle(conn) if request["claim"] else None
             except EOFError:  # the agent is done, or gone; tearing down what was imported would take seconds
                 os._exit(0)
             pid = fork_run()
-            if pid == 0:
+            if pid == 0:  # the run keeps its claim's descriptor open until it ends
                 conn.close()
                 os.close(wake_r)
                 os.close(wake_w)
                 return request
+            if claim is not None:
+                os.close(claim)
             conn.send({"pid": pid})
 
 
@@ -609,16 +839,19 @@ def launch(config, run, sweep_dir, name, starter):
     run_dir = sweep_dir / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)  # exists when a preempted run is resumed
     run.status, run.stop_sent, run.stale = None, None, fingerprint(run_dir / runfiles.SUMMARY)
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_RUN_GROUP=name, WANDB_RUN_ID=run.run_id,
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))  # `accelerate`
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_RUN_GROUP=name, WANDB_RUN_ID=run.run_id, PATH=run_path())
     if run.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = run.gpu
+    # The run inherits its claim: if this agent dies (even SIGKILL), the claim stays held until the run has saved
+    # its checkpoint and ended, and no other agent takes the point meanwhile (claimed_runs).
     if starter:
-        run.proc = starter.start(config["program"], flags(run.params, run_dir), env, run_dir / runfiles.LOG)
+        run.proc = starter.start(config["program"], flags(run.params, run_dir), env, run_dir / runfiles.LOG,
+                                 claim=run.claim.fileno())
     else:
         with (run_dir / runfiles.LOG).open("ab") as log:  # the run's own output; the terminal gets a line per run
             run.proc = subprocess.Popen(command_line(config, run.params, run_dir), env=env, stdout=log,
                                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                                        pass_fds=[run.claim.fileno()],
                                         start_new_session=True)  # its own group: signals reach accelerate's workers
     run.started = time.monotonic()
 
@@ -645,24 +878,33 @@ def stop_poor_runs(config, rows, running, sweep_dir):
 
 
 def record(run, sweep_dir):
-    """Status and metrics of a run whose process has ended."""
+    """Status and metrics of a run whose process has ended. What its folder says outranks its exit code: a final
+    summary.json is the run's status even when a signal or a kill came after it (in W&B's finish, in the
+    interpreter's teardown), and a checkpoint makes a signalled run `preempted`."""
     run_dir = sweep_dir / run.run_id
     run.exit_code = run.proc.returncode
-    fresh = fingerprint(run_dir / runfiles.SUMMARY) != run.stale  # else its earlier part's, or none
-    summary = (runfiles.read_json(run_dir / runfiles.SUMMARY) if fresh else None) or {}
-    run.summary = {k: v for k, v in summary.items()
-                   if k not in ("status", "wandb_run_dir") and isinstance(v, (int, float, str, bool))}
+    summary = runfiles.read_json(run_dir / runfiles.SUMMARY) or {}
+    if summary.get("status") == runfiles.PREEMPTED and fingerprint(run_dir / runfiles.SUMMARY) == run.stale:
+        summary = {}  # its earlier part's, which this part did not get as far as replacing
+    run.summary = scalars(summary)
+    status = summary.get("status")
     signalled = run.exit_code in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
-    if run.stop_sent is not None and summary.get("status") in (None, runfiles.PREEMPTED):
+    if run.stop_sent is not None and status in (None, runfiles.PREEMPTED):
         run.status = runfiles.STOPPED  # for good: it keeps no checkpoint, and its summary.json says so too
         runfiles.remove_checkpoint(run_dir / runfiles.CHECKPOINT)
         runfiles.write_json(run_dir / runfiles.SUMMARY, {**summary, "status": runfiles.STOPPED})
-    elif summary.get("status") == runfiles.PREEMPTED or (signalled and runfiles.has_checkpoint(run_dir)):
-        run.status = runfiles.PREEMPTED  # it has a checkpoint (a signal in start-up leaves the earlier one): resume
-    elif run.exit_code != 0 or not summary:
-        run.status = runfiles.FAILED  # a resume that crashes too: never resumed again in a loop
+    elif status in runfiles.STATUSES:
+        run.status = status
+    elif signalled and runfiles.has_checkpoint(run_dir):
+        run.status = runfiles.PREEMPTED  # a signal in a resume's start-up leaves the earlier checkpoint: resume it
     else:
-        run.status = summary["status"]
+        run.status = runfiles.FAILED  # a resume that crashes too: never resumed again in a loop
+
+
+def scalars(summary):
+    """The summary.json entries results.csv keeps."""
+    return {k: v for k, v in summary.items()
+            if k not in ("status", "wandb_run_dir") and isinstance(v, (int, float, str, bool))}
 
 
 def last_line(text):
@@ -683,15 +925,28 @@ def describe(run, config):
     return "  ".join(parts)
 
 
-def run_sweep(config, name, sweep_dir, count, gpus, starter):
+class Stop:
+    """SIGTERM (a job's end, a scheduler) and SIGINT (Ctrl-C) only ask the agent to stop: the loop sees it within
+    POLL_S, and a second signal, however soon, cannot cut the shutdown that stops the runs and writes their rows."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request)
+
+    def request(self, signum, frame):
+        self.signal = self.signal or signum
+
+
+def run_sweep(config, name, sweep_dir, count, gpus, starter, stop):
     """Claim and run runs, preempted ones first, until there are none left for this agent, --count new ones have
-    started or run_cap is reached. -> every agent's rows of results.csv."""
+    started, run_cap is reached or stop is asked. -> every agent's rows of results.csv."""
     free = list(gpus) or [None]  # None: one run at a time, devices left as they are
     running, rows = [], []
     launched, exhausted = 0, False
     try:
-        while True:
-            while free and not exhausted:
+        while not stop.signal:
+            while free and not exhausted and not stop.signal:
                 run, rows = next_run(config, sweep_dir, launched < count)
                 if run is None:
                     exhausted = True
@@ -714,25 +969,54 @@ def run_sweep(config, name, sweep_dir, count, gpus, starter):
                 free.append(run.gpu)
                 record(run, sweep_dir)
                 rows = save_row(config, sweep_dir, run)
-                log = (sweep_dir / run.run_id / runfiles.LOG).read_text(errors="replace")
-                why = f"  [{last_line(log)}]" if run.status == runfiles.FAILED else ""
-                print(f"{describe(run, config)}  ({time.monotonic() - run.started:.0f} s){why}", flush=True)
-    finally:  # interrupted: stop our runs; those that saved a checkpoint get a `preempted` row, to resume
-        for run in running:
-            signal_group(run, signal.SIGTERM)
-        for run in running:
-            try:
-                run.proc.wait(timeout=KILL_GRACE_S)
-            except subprocess.TimeoutExpired:
-                signal_group(run, signal.SIGKILL)
-                run.proc.wait()
-            record(run, sweep_dir)
-            if run.status == runfiles.PREEMPTED:
-                save_row(config, sweep_dir, run)
-            else:  # cut off in start-up: no row, so the engine proposes its point again
-                with locked(sweep_dir):
-                    unclaim(sweep_dir, run)
+                report(run, config, sweep_dir)
+    finally:  # asked to stop, or an error of the agent's own: stop our runs, and keep what each left
+        shut_down(config, sweep_dir, running)
     return read_results(sweep_dir / runfiles.RESULTS, config["parameters"])
+
+
+def shut_down(config, sweep_dir, running):
+    """SIGTERM to each run, SIGKILL KILL_GRACE_S later to any still running. A run that saved a checkpoint gets a
+    `preempted` row, one that ended meanwhile its own; one cut off in start-up gets none: its point runs again."""
+    if running:
+        say(f"stopping {len(running)} run(s): each saves a checkpoint to resume from (SIGKILL after "
+            f"{KILL_GRACE_S} s)", file=sys.stderr)
+    for run in running:
+        signal_group(run, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    for run in running:
+        try:
+            run.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(run, signal.SIGKILL)
+            run.proc.wait()
+        record(run, sweep_dir)
+        if run.status == runfiles.FAILED:
+            with locked(sweep_dir):
+                unclaim(sweep_dir, run)
+        else:
+            save_row(config, sweep_dir, run)
+            report(run, config, sweep_dir)
+
+
+def report(run, config, sweep_dir):
+    """The run's line as it ends; a failed run's ends with its last line of output."""
+    log = (sweep_dir / run.run_id / runfiles.LOG).read_text(errors="replace")
+    why = f"  [{last_line(log)}]" if run.status == runfiles.FAILED else ""
+    say(f"{describe(run, config)}  ({time.monotonic() - run.started:.0f} s){why}")
+
+
+def say(*lines, file=None):
+    """Print; output cut short (`sweep.py ... | head`) is not an error: the rest goes nowhere, the sweep goes on.
+    -> whether anyone still reads it."""
+    stream = file or sys.stdout
+    try:
+        for line in lines:
+            print(line, file=stream, flush=True)
+        return True
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        return False
 
 
 def print_table(config, ended):
@@ -744,17 +1028,51 @@ def print_table(config, ended):
         ok = isinstance(value, (int, float)) and math.isfinite(value)
         return (not ok, sign * value if ok else 0)
 
-    print(f"\n{len(ended)} runs, sorted by {name} ({metric.get('goal', 'minimize')}):")
-    for run in sorted(ended, key=key):
-        print(describe(run, config))
+    say(f"\n{len(ended)} runs, sorted by {name} ({metric.get('goal', 'minimize')}):",
+        *(describe(run, config) for run in sorted(ended, key=key)))
+
+
+def gpu_groups(text):
+    """--gpus: "0,1,2,3" is one run per GPU, "0,1:2,3" one run per group of GPUs. -> each group's
+    CUDA_VISIBLE_DEVICES. A GPU is an index or a UUID (GPU-..., MIG-...), in one group only: never two runs on it."""
+    groups = [group.split(",") for group in text.split(":")] if ":" in text else [[gpu] for gpu in text.split(",")]
+    ids = [gpu.strip() for group in groups for gpu in group]
+    if not text or not all(re.fullmatch(r"\d+|(GPU|MIG)-[\w/-]+", gpu) for gpu in ids):
+        raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices, one run per GPU (--gpus 0,1,2,3), or groups "
+                                         "of them, one run per group (--gpus 0,1:2,3)")
+    if twice := sorted({gpu for gpu in ids if ids.count(gpu) > 1}):
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU {twice[0]} is given twice, so two runs would share it")
+    return [",".join(gpu.strip() for gpu in group) for group in groups]
+
+
+def check_gpus(config, groups):
+    """A command that starts N processes a run (accelerate launch --num_processes N) needs N GPUs in each group."""
+    command = [str(chunk) for chunk in config.get("command") or DEFAULT_SWEEP_COMMAND]
+    given = " ".join(command).replace("--num_processes ", "--num_processes=")
+    found = re.search(r"--num_processes=(\d+)", given)
+    if found and groups and any(len(group.split(",")) != int(found[1]) for group in groups):
+        n = int(found[1])
+        example = ":".join(",".join(str(i * n + j) for j in range(n)) for i in range(2))
+        raise SweepError(f"command: runs {n} processes a run (--num_processes={n}), so each --gpus group needs {n} "
+                         f"GPUs, not {', '.join(groups)}; e.g. --gpus {example}")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as every other mistake sweep.py reports
+        print(f"sweep.py: error: {message} (see python sweep.py --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/lab1_lr.yaml")
     p.add_argument("--count", type=int, default=None, help="at most this many new runs in this invocation")
-    p.add_argument("--dry_run", action="store_true", help="print the command lines, run nothing, write nothing")
-    p.add_argument("--gpus", default="", help="comma-separated GPU ids: one run per GPU at a time")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print the command lines an invocation would run now (resumes first, then new runs, within "
+                        "--count and run_cap); run nothing, write nothing")
+    p.add_argument("--gpus", type=gpu_groups, default=[],
+                   help="one run per GPU at a time (0,1,2,3), or one run per group of GPUs (0,1:2,3), each run "
+                        "with its group as CUDA_VISIBLE_DEVICES")
     p.add_argument("--sweep_dir", default="", help="default runs/sweeps/<sweep file stem>")
     p.add_argument("--cold_start", action="store_true",
                    help="start each run as a new `python train.py` process, as wandb agent does, instead of a fork "
@@ -762,48 +1080,72 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_writable(path):
+    """The sweep folder is a folder this agent can write, or can make: found before anything starts, writing
+    nothing (a --dry_run writes nothing either)."""
+    existing = next(p for p in (Path(path).absolute(), *Path(path).absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise SweepError(f"--sweep_dir {path}: {existing} is a file, so no folder can be made there; give another "
+                         "--sweep_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only disk" if os.statvfs(existing).f_flag & os.ST_RDONLY else "is not yours to write"
+        raise SweepError(f"--sweep_dir {path}: {existing} {why}; give another --sweep_dir")
+
+
 def main(argv=None):
     args = parse_args(argv)
     name = Path(args.sweep_file).stem
     sweep_dir = Path(args.sweep_dir or Path("runs") / "sweeps" / name)
+    count = args.count if args.count is not None else math.inf
     starter = None
     try:
         config = load_sweep(args.sweep_file)
+        check_gpus(config, args.gpus)
         check_same_sweep(config, args.sweep_file, sweep_dir)
+        check_writable(sweep_dir)
         program = None if args.cold_start or args.dry_run else warm_program(config)
         starter = WarmStarter(program) if program else None  # it imports while the engine proposes
-        seen = every_run(read_results(sweep_dir / runfiles.RESULTS, config["parameters"]),
-                         claimed_runs(sweep_dir, tidy=False))
-        grid = config["method"] == "grid"
-        plan = propose(config, [run.sweep_run(sweep_dir) for run in seen],
-                       math.inf if grid and args.count is None else args.count or 1)
-        check_program_accepts(config, plan, starter)
+        resumes, points = plan(config, sweep_dir, count)
+        check_program_accepts(config, flag_checks(config, points), starter)
     except (SweepError, ValueError) as e:  # ValueError: the engine refuses the config (e.g. bayes without metric)
         print(f"sweep.py: error: {args.sweep_file}: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)  # the warm-start process, if any, dies with this one (PR_SET_PDEATHSIG)
+    except KeyboardInterrupt:  # nothing is written yet
+        sys.exit(130)
     if args.dry_run:
-        if not plan:
-            print(f"nothing left to run: every grid point has a row or a claim in {sweep_dir}", file=sys.stderr)
-        for params in plan:
-            print(shlex.join(command_line(config, params, sweep_dir / generate_id())))
+        dry_run(config, sweep_dir, resumes, points, count)
         return
     if starter:
-        print(f"warm starts: each run is a fork of a process that imports {config['program']}'s modules once",
-              flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so `finally` ends our runs
+        say(f"warm starts: each run is a fork of a process that imports {config['program']}'s modules once")
+    stop = Stop()
     try:
         start_sweep_folder(config, args.sweep_file, sweep_dir)
-        rows = run_sweep(config, name, sweep_dir, args.count if args.count is not None else math.inf,
-                         [g for g in args.gpus.split(",") if g], starter)
+        rows = run_sweep(config, name, sweep_dir, count, args.gpus, starter, stop)
     except SweepError as e:  # another agent started this folder from another version of the file
         print(f"sweep.py: error: {args.sweep_file}: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to continue", file=sys.stderr)
-        sys.exit(130)
+    if stop.signal:
+        say("interrupted: run the same command again to continue", file=sys.stderr)
+        sys.exit(128 + stop.signal)
     if starter:
         starter.close()
     print_table(config, rows)
+
+
+def dry_run(config, sweep_dir, resumes, points, count):
+    """The command lines an invocation would run now, resumes first; stops early if nobody reads them."""
+    lines = [shlex.join(command_line(config, run.params, sweep_dir / run.run_id)) for run in resumes]
+    lines += [shlex.join(command_line(config, params, sweep_dir / generate_id())) for params in points]
+    if not lines:
+        say(f"nothing left to run: every grid point has a row or a claim in {sweep_dir}, or run_cap is reached",
+            file=sys.stderr)
+    if config["method"] != "grid" and points:  # the values are drawn as each run starts: these show the number
+        say(f"{config['method']} draws each point as its run starts, so a real invocation's values differ"
+            + ("" if count < math.inf or "run_cap" in config else
+               "; it never runs out: it starts run after run until stopped, or give --count N"), file=sys.stderr)
+    for line in lines:
+        if not say(line):
+            return
 
 
 if __name__ == "__main__":
