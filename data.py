@@ -277,6 +277,7 @@ def split_data(args, parts, num_classes):
                           f"images; use --batch_size {len(splits['train'][1])} or less")
     x_train, y_train = splits["train"]
     splits["train"] = (x_train, add_label_noise(y_train, args.label_noise, num_classes, args.seed))
+    splits["train_true_labels"] = y_train  # before the noise: train.py's train/acc_clean and train/acc_noisy
     return splits
 
 
@@ -362,8 +363,9 @@ class Data:
 def load_data(args):
     """The dataset listed, its path chosen, its images decoded (from the cache) when in memory, and split."""
     parts, classes = DATASETS[args.dataset].list(args)
-    if args.dataset == "wds" and (args.train_samples or args.label_noise):
-        raise ConfigError("--train_samples and --label_noise need random access; a wds stream has none")
+    if args.dataset == "wds" and (args.train_samples or args.label_noise or args.sharpness_every):
+        raise ConfigError("--train_samples, --label_noise and --sharpness_every need random access; a wds stream "
+                          "has none")
     path, why = choose_path(args, parts)
     cache = ""
     if path == "memory" and any(isinstance(items, list) for items, _ in parts.values()):
@@ -640,10 +642,21 @@ def memory_loaders(args, splits, data_config, device, num_processes, workers):
 
 def eval_and_train_loaders(args, loader, train, val, test, train_plain, eval_batch, num_processes):
     # The training loader drops a short last batch, as the reference scripts do: a batch of one image breaks
-    # batch norm, and every update then sees batch_size images. Precise BN reads unaugmented training images.
+    # batch norm, and every update then sees batch_size images. Precise BN reads unaugmented training images,
+    # with --ghost_batch_size in whole ghost groups (batch_size, a multiple of them, is at most this share).
+    bn_batch = max(1, min(eval_batch, len(train_plain) // num_processes))
+    if args.ghost_batch_size:
+        bn_batch = max(args.ghost_batch_size, bn_batch - bn_batch % args.ghost_batch_size)
     return (loader(train, args.batch_size, shuffle=True, drop_last=True), loader(val, eval_batch),
-            loader(test, eval_batch),
-            loader(train_plain, max(1, min(eval_batch, len(train_plain) // num_processes)), drop_last=True))
+            loader(test, eval_batch), loader(train_plain, bn_batch, drop_last=True))
+
+
+def in_order(dataset, like):
+    """A loader over dataset in its order, batched, collated and read as the loader `like` (validation's): the
+    training split as evaluation sees it (train.py's train/acc_clean and train/acc_noisy, lab1/interpolate.py)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=like.batch_size, collate_fn=like.collate_fn,
+                                       num_workers=like.num_workers, persistent_workers=like.persistent_workers,
+                                       pin_memory=like.pin_memory)
 
 
 # ----------------------------------------------------------------------------------------------

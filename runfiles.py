@@ -51,17 +51,21 @@ POINT_METRICS = (  # history.csv's columns and W&B's per-point keys, each plotte
     "time/train_s",
     "throughput/train_img_s",
     "noise/trace_sigma", "noise/grad_sq", "noise/b_simple",  # --noise_scale
+    "train/acc_clean", "train/acc_noisy", "train/acc_noisy_true",  # --label_noise
+    "sharpness/top_eig",  # --sharpness_every
 )
 RUN_METRICS = (  # summary.json's and W&B's end-of-run metrics
     "epoch", "update", "examples",
     "train/loss", "train/acc",
     "val/acc", "val/loss", "val/acc_final", "val/loss_final",
     "test/loss", "test/acc", "test/confusion_matrix",  # the matrix: W&B only, a table
-    "time/train_s", "time/eval_s", "time/precise_bn_s", "time/compile_s", "time/startup_s",
+    "time/train_s", "time/eval_s", "time/precise_bn_s", "time/compile_s", "time/sharpness_s", "time/startup_s",
     "throughput/train_img_s",
     "memory/peak_mb", "memory/peak_reserved_mb", "memory/activations_mb",
     "target/updates", "target/examples", "target/train_s", "target/epoch",  # --target_val_acc
     "noise/b_simple",  # --noise_scale
+    "train/acc_clean", "train/acc_noisy", "train/acc_noisy_true",  # --label_noise: the last point's
+    "sharpness/top_eig",  # --sharpness_every: the last measured
     "stop/epoch", "stop/step",  # diverged, oom, preempted, early_stopped, reached_target
     "oom/*",  # oom: the batch size, the phase, and the device's or host's memory at that moment
     "data/samples_per_rank",
@@ -187,7 +191,7 @@ class Progress:
     examples: int = 0  # training images seen, all processes, up to the last evaluation point
     sums: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, images since then
     clock: dict = dataclasses.field(  # seconds
-        default_factory=lambda: {"train": 0.0, "eval": 0.0, "precise_bn": 0.0, "compile": 0.0})
+        default_factory=lambda: {"train": 0.0, "eval": 0.0, "precise_bn": 0.0, "compile": 0.0, "sharpness": 0.0})
     interval_s: float = 0.0  # seconds of training since the last evaluation point
     activations_mb: float = math.nan  # memory/activations_mb, measured in the first step
     samples_per_rank: list | None = None  # data/samples_per_rank: images each rank trained in the first epoch

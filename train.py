@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 import runfiles
-from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, load_data, pair
+from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, in_order, load_data, pair
 
 # Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
@@ -51,7 +51,8 @@ RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "
             "git_commits")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
-             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir", "allow_code_change")
+             "wandb_tags", "log_model", "workers", "num_workers", "cache_dir", "allow_code_change",
+             "num_threads")
 CODE = ("git_commit", "git_dirty")  # what a resume checks of the code, unless --allow_code_change
 RESUMABLE = (runfiles.PREEMPTED, runfiles.FAILED)  # a checkpoint stays: the same command resumes
 BEST = {"val/acc": "max", "val/loss": "min"}  # summary.json's and W&B's val/acc and val/loss: the best point's
@@ -195,6 +196,9 @@ def build_parser():
     flag("--label_noise", type=number(0, 1), default=0.0,
          help="fraction of the training labels (never val or test) replaced by another class, fixed by --seed")
     flag("--batch_size", type=whole(1), default=64, help="per process and per micro-batch")
+    flag("--ghost_batch_size", type=whole(0), default=0,
+         help="ghost batch norm (Hoffer et al. 2017): in training, batch norm normalises each group of this many "
+              "images of a process's batch with the group's own statistics; must divide --batch_size; 0 = off")
     flag("--epochs", type=whole(1), default=10, help="passes over the training split; the schedule spans them")
     flag("--max_updates", type=whole(0), default=0,
          help="train for exactly this many optimizer updates instead (the schedule spans them); 0 = use --epochs")
@@ -248,6 +252,12 @@ def build_parser():
          help="record the first point with val/acc >= this as target/updates, target/examples, target/train_s; "
               "0 = off")
     switch(ev, "--stop_at_target", "end the run there (status reached_target)")
+    flag("--sharpness_every", type=whole(0), default=0,
+         help="log sharpness/top_eig, the top eigenvalue of the training loss's Hessian, at every this-many-th "
+              "evaluation point and the run's last; 0 = off")
+    flag("--sharpness_samples", type=whole(1), default=128,
+         help="the fixed random training images (drawn by --seed) sharpness is measured on, as one batch")
+    flag("--sharpness_iters", type=whole(1), default=20, help="most Hessian-vector products of the power iteration")
 
     infra = p.add_argument_group("infrastructure")
     flag = infra.add_argument
@@ -270,6 +280,9 @@ def build_parser():
          help="data-loading processes (default: 0 in memory, none needed; min(4, cores) streaming)")
     flag("--cache_dir", default="", help="where image folders decoded for memory are kept "
          "(default: $XDG_CACHE_HOME/lab1/decoded, else ~/.cache/lab1/decoded)")
+    flag("--num_threads", type=whole(0), default=0,
+         help="CPU threads of torch's ops (torch.set_num_threads), fixed for timing; 0 = torch's default (one a "
+              "core); config.json records the count used")
     switch(infra, "--cpu", "train on the CPU even when a GPU is present")
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
@@ -346,6 +359,12 @@ def check_args(a):
         ("/" not in a.wandb_project + a.wandb_entity and a.wandb_project.strip(),
          "--wandb_project and --wandb_entity are single names without '/' (the project gets runs, not paths)"),
         (not a.stop_at_target or a.target_val_acc > 0, "--stop_at_target needs --target_val_acc X"),
+        (not a.ghost_batch_size or a.batch_size % a.ghost_batch_size == 0,
+         f"--ghost_batch_size {a.ghost_batch_size} does not divide --batch_size {a.batch_size} (the images of one "
+         "process's batch); give a divisor of it, or 0 for batch norm over the whole batch"),
+        (not (a.ghost_batch_size and a.sharpness_every) or a.sharpness_samples % a.ghost_batch_size == 0,
+         f"--sharpness_samples {a.sharpness_samples} is measured as one batch in ghost groups: give a multiple of "
+         f"--ghost_batch_size {a.ghost_batch_size}"),
         (a.lr is None or a.lr_base is None, "give --lr or --lr_base, not both"),
         (not (a.mixup or a.cutmix) or a.batch_size % 2 == 0,
          "--mixup and --cutmix pair each image with another of its batch: use an even --batch_size"),
@@ -446,7 +465,8 @@ def make_accelerator(args):
 def resolve(flags, accelerator, updates_per_epoch):
     """The configuration the run trains with (config.json records it), computed once; the flags stay as given.
     What Accelerate resolved: mixed precision, accumulation steps and compile, flags and launcher settings
-    together; the peak lr (from --lr_base: the linear scaling rule); the epochs --max_updates starts."""
+    together; the peak lr (from --lr_base: the linear scaling rule); the epochs --max_updates starts; the CPU
+    threads torch uses (--num_threads, else its default: time and throughput depend on it)."""
     accum = accelerator.gradient_accumulation_steps
     global_batch = flags.batch_size * accelerator.num_processes * accum
     return argparse.Namespace(**{
@@ -454,7 +474,8 @@ def resolve(flags, accelerator, updates_per_epoch):
         "mixed_precision": accelerator.mixed_precision, "grad_accum_steps": accum,
         "compile": accelerator.state.dynamo_plugin.backend.value.lower() != "no",
         "lr": flags.lr_base * global_batch / flags.lr_base_size if flags.lr_base else flags.lr or 2e-3,
-        "epochs": math.ceil(flags.max_updates / updates_per_epoch) if flags.max_updates else flags.epochs})
+        "epochs": math.ceil(flags.max_updates / updates_per_epoch) if flags.max_updates else flags.epochs,
+        "num_threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":
@@ -474,6 +495,8 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
 from safetensors import SafetensorError
 from tqdm import tqdm
+
+from instruments import label_noise_accuracy, sharpness, sharpness_images, use_ghost_batch_norm
 
 # ----------------------------------------------------------------------------------------------
 # Model
@@ -502,6 +525,8 @@ def create_model(args, num_classes, in_chans):
         check_weights_loaded(model, args, {k: v for k, v in kwargs.items() if "pretrained" not in k}, path)
     check_input_size(model, args, in_chans)
     check_one_image_trains(model, args, in_chans)
+    if args.ghost_batch_size:
+        use_ghost_batch_norm(model, args.ghost_batch_size, args.model)
     return model
 
 
@@ -759,6 +784,8 @@ class Training:
 
     def build(self, flags):
         """Data, model, Accelerator, loaders, the resolved configuration (self.args), optimizer and schedule."""
+        if flags.num_threads:
+            torch.set_num_threads(flags.num_threads)
         set_seed(flags.seed)
         data = self.data = load_data(flags)
         self.classes, self.sizes = data.classes, data.sizes
@@ -776,11 +803,12 @@ class Training:
         self.has_bn = bool(batch_norms(model))
         self.saved = SavedTensors(model)
         self.mix = Mix(flags, len(self.classes))
-        self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(
-            *data.loaders(flags, timm.data.resolve_model_data_config(model), acc.device, acc.num_processes))
+        loaders = data.loaders(flags, timm.data.resolve_model_data_config(model), acc.device, acc.num_processes)
+        self.train_dl, self.val_dl, self.test_dl, self.bn_dl = acc.prepare(*loaders)
         if len(self.train_dl) == 0:
             raise ConfigError(f"--batch_size {flags.batch_size} x {acc.num_processes} processes is more than the "
                               f"{self.sizes['train_size']} training images; use a smaller --batch_size")
+        self.instruments(flags, val=loaders[1], bn=loaders[3])
         per_epoch = self.updates_per_epoch = math.ceil(len(self.train_dl) / acc.gradient_accumulation_steps)
         args = self.args = resolve(flags, acc, per_epoch)
         self.global_batch = args.batch_size * acc.num_processes * args.grad_accum_steps
@@ -799,6 +827,20 @@ class Training:
             print(f"note: --warmup_epochs {args.warmup_epochs} ({warmup} updates) does not end within the run's "
                   f"{args.epochs} epochs ({self.total_updates} updates): the lr never reaches its peak {args.lr:g}",
                   flush=True)
+
+    def instruments(self, flags, val, bn):
+        """The fixed images sharpness is measured on, and with label noise the true training labels and a loader
+        over the training split in its order, read as validation is (for train/acc_clean, train/acc_noisy).
+        val and bn: data.loaders' validation and precise-BN loaders (the training images without augmentation)."""
+        train_set, acc = bn.dataset, self.accelerator
+        if flags.sharpness_every:
+            if flags.sharpness_samples > len(train_set):
+                raise ConfigError(f"--sharpness_samples {flags.sharpness_samples} is more than the {len(train_set)} "
+                                  "training images; give fewer")
+            self.sharpness_batch = sharpness_images(train_set, flags.sharpness_samples, flags.seed, acc.device)
+        if flags.label_noise:
+            self.true_labels = torch.as_tensor(self.data.splits["train_true_labels"], device=acc.device)
+            self.train_eval_dl = acc.prepare(in_order(train_set, like=val))
 
     def open_folder(self):
         """The run's config, its output folder (resumed, or started afresh), its W&B run and self.state."""
@@ -1042,7 +1084,7 @@ class Training:
                "train/loss": loss_sum / n, "train/acc": correct / n, "train/lr": self.lr}
         row.update(self.evaluate(self.val_dl, "val")[0])
         row.update({"time/train_s": state.clock["train"], "throughput/train_img_s": n / interval_s,
-                    **self.noise.interval()})
+                    **self.noise.interval(), **self.memorisation(), **self.measure_sharpness()})
         best = min((h["val/loss"] for h in self.history), default=math.inf)
         self.history.append(row)
         self.record(row, row["val/loss"] < best)
@@ -1081,6 +1123,32 @@ class Training:
             if self.main and not kept:
                 self.history.pop()  # history.csv does not have it: neither does the summary
             raise WriteError(error)
+
+    def memorisation(self):
+        """With --label_noise: train/acc_clean, train/acc_noisy, train/acc_noisy_true, in evaluation mode as val/*
+        (timed as evaluation). Raises Stop (oom)."""
+        if not self.args.label_noise:
+            return {}
+        _, pred, labels = self.evaluate(self.train_eval_dl, "label_noise")  # gathered in the split's order
+        return label_noise_accuracy(pred, labels, self.true_labels)
+
+    def measure_sharpness(self):
+        """sharpness/top_eig at every --sharpness_every-th evaluation point and the run's last update, timed apart
+        from training and evaluation (time/sharpness_s). Raises Stop (oom)."""
+        args, acc, clock = self.args, self.accelerator, self.state.clock
+        point = len(self.history) + 1  # this evaluation point's number, counted from 1
+        if not args.sharpness_every or (point % args.sharpness_every and self.state.updates < self.total_updates):
+            return {}
+        start = time.perf_counter()
+        try:  # the model itself: a compiled one takes no double backward
+            eig = sharpness(acc.unwrap_model(self.model, keep_torch_compile=False), *self.sharpness_batch,
+                            args.sharpness_iters, args.seed, args.label_smoothing)
+        except (RuntimeError, MemoryError) as e:
+            if not is_oom(e):
+                raise
+            raise Stop(runfiles.OOM, 0, phase="sharpness", **memory_now(acc.device)) from None
+        clock["sharpness"] = clock.get("sharpness", 0.0) + time.perf_counter() - start  # a checkpoint may predate it
+        return {"sharpness/top_eig": eig}
 
     def evaluate(self, loader, prefix):
         """evaluate(), after precise BN when asked; both timed apart from training. Raises Stop (oom)."""
@@ -1177,6 +1245,7 @@ class Training:
                "test/loss": nan, "test/acc": nan,
                "time/train_s": train_s, "time/eval_s": state.clock["eval"],
                "time/precise_bn_s": state.clock["precise_bn"], "time/compile_s": state.clock.get("compile", 0.0),
+               "time/sharpness_s": state.clock.get("sharpness", 0.0),
                "throughput/train_img_s": state.examples / train_s if train_s else nan,
                "memory/activations_mb": state.activations_mb,
                **({"data/samples_per_rank": state.samples_per_rank} if state.samples_per_rank else {})}
@@ -1185,6 +1254,8 @@ class Training:
             out.update({f"target/{k}": hit.get(key, nan) for k, key in
                         (("updates", "update"), ("examples", "examples"), ("train_s", "time/train_s"),
                          ("epoch", "epoch"))})
+        # the last value of each instrument logged at some points only, as W&B's summary keeps it
+        out.update({k: v for r in h for k, v in r.items() if k.startswith(("sharpness/", "train/acc_"))})
         if self.args.noise_scale and h:  # over the whole run: the ratio of the summed estimates, far less noisy
             out["noise/b_simple"] = b_simple(sum(r["noise/trace_sigma"] for r in h), sum(r["noise/grad_sq"] for r in h))
         return out
