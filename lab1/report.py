@@ -801,7 +801,11 @@ def text_batch_time(rep, rows, batches, fit, relative):
         f"{mean_of(peak[small], 0)} MB at batch {num(small)}, of which the activations are {pct(share)}, and "
         f"{mean_of(peak[big], 0)} MB at batch {num(big)}: "
         + compare(f"batch {num(big)}", f"batch {num(small)}", diff(peak[big], peak[small]), digits=0,
-                  unit="repeats", units=" MB")[0] + "."))
+                  unit="repeats", units=" MB")[0] + ". These runs were started warm by sweep.py (each a fork of a "
+        "process that had imported the libraries) when train.py recorded a CPU run's peak resident memory: a fork "
+        "counts only the library pages it touches, so these peaks are below those of the same runs started by hand. "
+        "train.py now records peak resident memory less file-mapped pages, which is the same either way "
+        "(INTERFACE.md)."))
 
 
 def tuned_lr_runs(rep):
