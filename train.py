@@ -1356,16 +1356,15 @@ def start_wandb(args, config, resume_id=None):
     mode, defaulted = wandb_mode(args)
     if mode == "disabled":
         os.environ["WANDB_MODE"] = "disabled"  # wandb.init then returns a no-op run
+    # the id W&B would take, known here so that a failed attempt's folder can be found
+    run_id = resume_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)  # not seeded, as W&B's
     init = dict(project=args.wandb_project, entity=args.wandb_entity or None, group=args.wandb_group or None,
                 tags=args.wandb_tags.split(",") if args.wandb_tags else None, name=args.run_name or None,
-                config=config, id=resume_id, resume="allow" if resume_id else None)
-    if mode == "online":
-        # the id W&B would take, known here so that a failed attempt's folder can be found
-        init["id"] = resume_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)  # not seeded, as W&B's
-        if "WANDB_INIT_TIMEOUT" not in os.environ:
-            init["settings"] = wandb.Settings(init_timeout=30)  # seconds; W&B's 90 s is long to learn "no network"
+                config=config, id=run_id, resume="allow" if resume_id else None)
+    if mode == "online" and "WANDB_INIT_TIMEOUT" not in os.environ:
+        init["settings"] = wandb.Settings(init_timeout=30)  # seconds; W&B's 90 s is long to learn "no network"
     try:
-        run = wandb.init(mode=mode, **init)
+        run = init_wandb(mode, init)
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, TimeoutError) as e:
         if mode != "online":
             raise
@@ -1379,14 +1378,33 @@ def start_wandb(args, config, resume_id=None):
         print(f"wandb: cannot reach W&B ({str(e).splitlines()[0][:120]}); logging offline instead"
               + "".join(f" (the attempt's {a} is removed)" for a in attempts), flush=True)
         run, defaulted = wandb.init(mode="offline", **{k: v for k, v in init.items() if k != "settings"}), True
-    run.define_metric("epoch")
+    guarded = WandbRun(run)
+    guarded.call(run.define_metric, "epoch")
     for key in runfiles.POINT_METRICS:  # plotted against epoch; the summary of val/acc and val/loss is the best
         if key != "epoch":
-            run.define_metric(key, step_metric="epoch", summary=BEST.get(key))
+            guarded.call(run.define_metric, key, step_metric="epoch", summary=BEST.get(key))
     if defaulted:
         print(f"wandb: offline: run saved in {run.settings.sync_dir}; "
               f"upload it with `wandb sync {run.settings.sync_dir}`", flush=True)
-    return WandbRun(run)
+    return guarded
+
+
+def init_wandb(mode, init):
+    """wandb.init, and once more when W&B's service died while it started (a job's signal or the OOM killer
+    reached wandb-core): W&B's start never costs the run. The failed attempt's folder goes; it holds nothing."""
+    folders = Path(wandb.Settings().wandb_dir)
+    before = set(folders.glob(f"*run-*-{init['id']}"))  # a resumed run's earlier starts
+    try:
+        return wandb.init(mode=mode, **init)
+    except (wandb.errors.CommError, wandb.errors.AuthenticationError, TimeoutError):
+        raise  # W&B unreachable, or refusing the key: start_wandb logs offline instead
+    except (OSError, EOFError, wandb.Error) as e:  # ConnectionResetError, ServicePollForTokenError
+        print(f"wandb: W&B's service failed while starting ({type(e).__name__}); starting it again", flush=True)
+        with contextlib.suppress(Exception):
+            wandb.teardown()
+        for attempt in set(folders.glob(f"*run-*-{init['id']}")) - before:
+            shutil.rmtree(attempt, ignore_errors=True)
+        return wandb.init(mode=mode, **init)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1638,6 +1656,7 @@ def main(argv=None):
         sys.exit(2)
     except Done as e:  # W&B's record of it completed, if a kill or a failure had cut it short
         print(f"train.py: {complete_ended(args, e)}{chosen_by_config(args, argv)}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the records are final: as below
         return None
     summary = training.finish(training.train())
     # The run's records are final. A SIGTERM from here on, say in the interpreter's teardown after Python has

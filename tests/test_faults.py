@@ -204,6 +204,34 @@ def test_a_finished_run_whose_wandb_record_was_cut_is_completed_by_the_same_comm
     assert {p.name: p.read_bytes() for p in (workdir / "out").iterdir()} == files
 
 
+@pytest.mark.slow
+def test_wandb_core_killed_as_it_starts_costs_the_run_nothing(workdir):
+    # killed as soon as it exists: inside wandb.init, which waits for its port (found by bench/soak.py)
+    env = clean_env(HOME=str(workdir), WANDB_MODE="offline")
+    argv = [*TINY, "--output_dir=out"]
+    proc = launch(argv, workdir, env)
+    wandb_core(proc).kill()
+    printed = finish(proc)
+    assert proc.returncode == 0 and summary_of(workdir / "out")["status"] == "finished", printed[-3000:]
+    again = run([str(ROOT / "train.py"), *argv], cwd=workdir, env=env)  # completes W&B's record, if W&B lost any
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert_wandb_is_the_files(workdir / "out")
+    assert_no_leftovers(workdir / "out")
+
+
+def test_sigterm_is_ignored_once_the_records_are_final_in_a_run_and_in_the_same_command_again(workdir):
+    # Python puts the default handlers back as it tears down, where a SIGTERM would end a finished run with -15
+    # (found by bench/soak.py after the same command completed W&B's record); train.py ignores it by then
+    code = ("import signal, sys, train\ntrain.main(sys.argv[1:])\n"
+            "sys.exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN else 3)")
+    argv = ["-c", code, *TINY, "--epochs=1", "--output_dir=out"]
+    env = clean_env(HOME=str(workdir), WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    for ended in ("finished", "nothing to do"):
+        res = run(argv, cwd=workdir, env=env)
+        assert res.returncode == 0, (ended, res.stderr[-3000:])
+    assert "nothing to do" in res.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # Preemption as clusters and agents deliver it
 
