@@ -71,11 +71,12 @@ def measure(kind, code, points, tmp):
 
 
 def version(commit, tmp):
-    """A folder holding the sweep.py and runfiles.py of a commit (sweep.py's modules as that commit had them)."""
+    """A folder holding the top-level modules of a commit: sweep.py, and the train.py its flag check imports."""
     folder = Path(tmp) / commit
     folder.mkdir()
-    archive = subprocess.run(["git", "archive", commit, "sweep.py", "runfiles.py"], cwd=ROOT, capture_output=True,
-                             check=True).stdout
+    modules = subprocess.run(["git", "ls-tree", "--name-only", commit, "*.py"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    archive = subprocess.run(["git", "archive", commit, *modules], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
