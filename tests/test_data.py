@@ -319,7 +319,7 @@ BAD_DATA = [
     (["--dataset=wds", "--data_dir=."], "--dataset wds reads _info.json"),
     (["--dataset=imagefolder", "--data_dir=splits_without_train"], "has split folder(s) Val/ but no train/"),
     (["--dataset=imagefolder", "--data_dir=splits_without_train/Val", "--cache_dir=a_file/cache"],
-     "cannot write the decoded cache in --cache_dir a_file/cache (Not a directory)"),
+     "--cache_dir a_file/cache: a_file is a file"),
 ]
 
 
