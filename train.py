@@ -495,6 +495,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
 from safetensors import SafetensorError
 from tqdm import tqdm
+from wandb.sdk.mailbox.mailbox_handle import HandleAbandonedError
 
 from instruments import label_noise_accuracy, sharpness, sharpness_images, use_ghost_batch_norm
 
@@ -1314,6 +1315,12 @@ def wandb_mode(args):
     return ("online", False) if wandb.login(prompt=False, verify=False) else ("offline", True)
 
 
+# How W&B fails when wandb-core is gone (a job's signal, the OOM killer) or cannot write (a full disk): the
+# connection reset or closed, W&B's own errors (ServicePollForTokenError while it starts one), and its pending
+# requests abandoned (HandleAbandonedError, a plain Exception, from run.finish).
+WANDB_FAILED = (OSError, EOFError, wandb.Error, HandleAbandonedError)
+
+
 class WandbRun:
     """The W&B run of the main process, each call guarded. When W&B fails (wandb-core gone: a job's SIGTERM or
     kill reaches it too; or W&B cannot write its files: a full disk), the run goes on and its own files stay
@@ -1326,7 +1333,7 @@ class WandbRun:
     def call(self, method, *args, **kwargs):
         try:
             return method(*args, **kwargs)
-        except (OSError, EOFError, wandb.Error) as e:  # ConnectionResetError when wandb-core is gone
+        except WANDB_FAILED as e:
             if not self.error:
                 self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
                 print(f"wandb: W&B failed ({self.error}); the run goes on and its files stay whole", flush=True)
@@ -1398,7 +1405,7 @@ def init_wandb(mode, init):
         return wandb.init(mode=mode, **init)
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, TimeoutError):
         raise  # W&B unreachable, or refusing the key: start_wandb logs offline instead
-    except (OSError, EOFError, wandb.Error) as e:  # ConnectionResetError, ServicePollForTokenError
+    except WANDB_FAILED as e:
         print(f"wandb: W&B's service failed while starting ({type(e).__name__}); starting it again", flush=True)
         with contextlib.suppress(Exception):
             wandb.teardown()
@@ -1610,7 +1617,7 @@ def after_wandb_failed(args, out, summary, error):
     if summary["status"] not in RESUMABLE:
         try:
             return complete_wandb(args, out, summary) or "W&B's record of this run is whole"
-        except (OSError, wandb.Error) as e:
+        except WANDB_FAILED as e:
             error = f"{error}; then {type(e).__name__}: {str(e).splitlines()[0][:160]}"
     return f"W&B's record of this run is incomplete ({error}); run the same command to complete it"
 
@@ -1619,7 +1626,7 @@ def complete_ended(args, done):
     """-> what the same command did for a run that had ended: completed W&B's record, or nothing."""
     try:
         return (complete_wandb(args, done.out, done.summary) if done.main else "") or str(done)
-    except (OSError, wandb.Error) as e:
+    except WANDB_FAILED as e:
         return f"{done.out} holds a run that ended, but W&B's record of it could not be completed now " \
                f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); run the same command again later"
 

@@ -226,6 +226,34 @@ def test_wandb_core_killed_as_it_starts_costs_the_run_nothing(workdir):
     assert_no_leftovers(workdir / "out")
 
 
+@pytest.mark.slow
+def test_wandb_core_gone_while_wandb_finishes_costs_the_run_nothing(workdir):
+    # wandb-core dies while run.finish waits on it (a job's SIGTERM reaching it late): W&B abandons the pending
+    # requests (HandleAbandonedError, a plain Exception) in the run's last moments (found by bench/soak.py)
+    cut = ("import sys, threading, time, psutil, train\n"
+           "from pathlib import Path\n"
+           "real = train.WandbRun.finish\n"
+           "def finish(run, exit_code):\n"
+           "    core = next(c for c in psutil.Process().children(recursive=True) if 'wandb-core' in c.name())\n"
+           "    core.suspend()  # it answers nothing: run.finish waits\n"
+           "    log = Path(run.settings.log_user)\n"
+           "    def kill_while_waiting():\n"
+           "        while 'got exitcode' not in log.read_text():  # W&B's line as run.finish starts waiting\n"
+           "            time.sleep(0.01)\n"
+           "        core.kill()\n"
+           "    threading.Thread(target=kill_while_waiting, daemon=True).start()\n"
+           "    real(run, exit_code)\n"
+           "train.WandbRun.finish = finish\n"
+           "train.main(sys.argv[1:])\n")
+    env = clean_env(HOME=str(workdir), WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    argv = [*TINY, "--epochs=1", "--output_dir=out"]
+    first = run(["-c", cut, *argv], cwd=workdir, env=env)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    assert summary_of(workdir / "out")["status"] == "finished"
+    assert "completed W&B's record" in first.stdout, first.stdout[-3000:]  # by a new start of the W&B run
+    assert_wandb_is_the_files(workdir / "out")
+
+
 def test_sigterm_is_ignored_once_the_records_are_final_in_a_run_and_in_the_same_command_again(workdir):
     # Python puts the default handlers back as it tears down, where a SIGTERM would end a finished run with -15
     # (found by bench/soak.py after the same command completed W&B's record); train.py ignores it by then
