@@ -226,15 +226,16 @@ class Source:
     Shards, with their labels; the splits it lacks are carved from train. Both paths follow from that."""
     list: Callable  # args -> ({"train": (items, labels), plus "val"/"test" where it has them}, class names)
     reads_data_dir: bool = True  # its files are in --data_dir (which must then exist)
+    downloads: bool = False  # --download fetches it into --data_dir
 
 
 # To add a dataset: one entry here (and its list function above). train.py's --dataset choices come from it.
 DATASETS = {
     "digits": Source(list_digits, reads_data_dir=False),
-    "cifar10": Source(partial(list_torchvision, "CIFAR10")),
-    "cifar100": Source(partial(list_torchvision, "CIFAR100")),
-    "mnist": Source(partial(list_torchvision, "MNIST")),
-    "fashion_mnist": Source(partial(list_torchvision, "FashionMNIST")),
+    "cifar10": Source(partial(list_torchvision, "CIFAR10"), downloads=True),
+    "cifar100": Source(partial(list_torchvision, "CIFAR100"), downloads=True),
+    "mnist": Source(partial(list_torchvision, "MNIST"), downloads=True),
+    "fashion_mnist": Source(partial(list_torchvision, "FashionMNIST"), downloads=True),
     "imagefolder": Source(list_imagefolder),
     "wds": Source(list_wds),
     "synthetic": Source(list_synthetic, reads_data_dir=False),

@@ -351,7 +351,8 @@ def check_args(a):
     rules = [
         (a.val_fraction + a.test_fraction < 1, "--val_fraction + --test_fraction must leave images to train on"),
         (not DATASETS[a.dataset].reads_data_dir or a.download or Path(a.data_dir).exists(),
-         f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data, or add --download"),
+         f"--data_dir {a.data_dir} does not exist; point it at your {a.dataset} data"
+         + (", or add --download" if DATASETS[a.dataset].downloads else "")),
         (a.pretrained or not a.pretrained_path,
          f"--pretrained_path {a.pretrained_path} is read only with --pretrained: add --pretrained, or drop the path"),
         (all(len(t) <= 64 for t in a.wandb_tags.split(",")),

@@ -189,6 +189,7 @@ BAD_INPUT = [
     (["--model=resnet10"], "unknown timm model 'resnet10'; did you mean resnet10t"),
     (["--dataset=imagenet"], "invalid choice: 'imagenet'"),
     (["--dataset=mnist", "--data_dir=no_such_dir"], "--data_dir no_such_dir does not exist"),
+    (["--dataset=imagefolder", "--data_dir=no_such_dir"], "your imagefolder data\n"),  # no --download to add
     (["--dataset=imagefolder", "--data_dir=corrupt"], "cannot read image"),
     (["--dataset=imagefolder", "--data_dir=empty"], "class folder(s) b in empty hold no images"),
     (["--batch_size=5000"], "is larger than the 1259 training images; use --batch_size 1259 or less"),
