@@ -145,6 +145,9 @@ def list_split(folder, classes):
         raise ConfigError(f"--data_dir {folder} has no class subfolders; put each class's images in a subfolder")
     if classes is None:
         classes = names
+        if len(classes) < 2:  # a one-class model scores 1.0 on anything: a result that means nothing
+            raise ConfigError(f"--data_dir {folder} has one class folder ({classes[0]}); a classifier needs two or "
+                              "more: add a folder of images for each other class")
     unknown = sorted(set(names) - set(classes))
     if unknown:
         raise ConfigError(f"{folder} has class folder(s) {', '.join(unknown)} that train/ lacks; "

@@ -318,6 +318,7 @@ BAD_DATA = [
     (["--scale=2,1"], "--scale: invalid pair value"),
     (["--dataset=wds", "--data_dir=."], "--dataset wds reads _info.json"),
     (["--dataset=imagefolder", "--data_dir=splits_without_train"], "has split folder(s) Val/ but no train/"),
+    (["--dataset=imagefolder", "--data_dir=one_class"], "has one class folder (cat); a classifier needs two"),
     (["--dataset=imagefolder", "--data_dir=splits_without_train/Val", "--cache_dir=a_file/cache"],
      "--cache_dir a_file/cache: a_file is a file"),
 ]
@@ -327,6 +328,8 @@ BAD_DATA = [
 def test_bad_data_flags_are_one_line_exit_2_and_write_nothing(workdir, monkeypatch, capsys, argv, words):
     monkeypatch.chdir(workdir)
     image_folder(workdir / "splits_without_train" / "Val", classes=2, per_class=2)
+    image_folder(workdir / "one_class", classes=1, per_class=8)
+    (workdir / "one_class" / "class_0").rename(workdir / "one_class" / "cat")
     (workdir / "a_file").write_text("")
     before = sorted(p.name for p in workdir.iterdir())
     with pytest.raises(SystemExit) as exit:
