@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 import runfiles  # noqa: E402
 import train  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import soak  # noqa: E402  (bench/soak.py: the soak finds wandb-core as these tests do)
+
 FLAGS = [*TINY, "--evals_per_epoch=2"]  # 4 updates an epoch: points at updates 2, 4, 6, 8
 ACCELERATE_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
                 "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
@@ -54,15 +57,12 @@ def points(out):
 
 
 def wandb_core(proc, seconds=PATIENCE):
-    """The wandb-core process train.py started (W&B puts it in a session of its own)."""
+    """The wandb-core process train.py started (W&B puts it in a session of its own), once it exists."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if "wandb-core" in " ".join(child.cmdline()):
-                    return child
-            except psutil.NoSuchProcess:
-                pass
+        core = soak.wandb_core(proc)
+        if core:
+            return core
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         time.sleep(0.05)
     raise AssertionError("no wandb-core process")
