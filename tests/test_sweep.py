@@ -617,14 +617,13 @@ def test_a_run_is_recorded_as_its_files_say_whatever_its_exit_code(summary, chec
 @pytest.mark.parametrize("after", ["history.csv", "summary.json"])
 def test_a_sigterm_after_the_run_trained_its_last_point_still_records_it(workdir, after):
     # After its last history row the run evaluates the test split, then writes summary.json, then finishes its W&B
-    # run and exits: the agent's SIGTERM lands in one of those, or after the run ended; the row is `finished`.
-    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}})  # 1 epoch: 1 history row
+    # run and exits: the agent's SIGTERM, sent by the run itself right after it wrote `after` (tests/warm/train.py),
+    # lands in what follows, or after the run ended; the row is `finished`.
+    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, program=str(ROOT / "tests/warm/train.py"))
     sweep_dir = workdir / "runs/sweeps/one"
     agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir,
-                             env=clean_env(HOME=str(workdir)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    wait_for(lambda: sweep_dir.exists() and run_dirs(sweep_dir) and (run_dirs(sweep_dir)[0] / after).exists(), agent)
-    agent.send_signal(signal.SIGTERM)
+                             env=clean_env(HOME=str(workdir), SIGNAL_AGENT_AFTER=after), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     assert agent.wait(timeout=600) == 128 + signal.SIGTERM, agent.stdout.read()
     [row] = read_csv(sweep_dir / "results.csv")
     summary = json.loads((sweep_dir / row["run_id"] / "summary.json").read_text())

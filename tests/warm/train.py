@@ -1,6 +1,8 @@
 """This checkout's train.py with three more timm models that fail in their first training step, for sweep.py's
 tests: `raises` raises an exception, `exits` calls os._exit(3), as a crashing extension would, and
 `resnet_fails_on_resume` is resnet10t until it is resumed from a checkpoint, then raises.
+With SIGNAL_AGENT_AFTER=history.csv or summary.json, right after the run first writes that file it sends SIGTERM to
+the sweep.py agent that runs it, so that a test of a signal at that moment never depends on how fast the host runs.
 Its first line of output says whether torch was imported before it started, which is so only in a warm start
 (a fork of sweep.py's warm-start process). sweep.py warm-starts only a program named train.py: hence the name.
 
@@ -15,6 +17,7 @@ WARM = "torch" in sys.modules  # before this file imports anything
 
 import importlib.util
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -65,7 +68,34 @@ with warnings.catch_warnings():  # a warm start runs this file again: this run's
     for model in (raises, exits, resnet_fails_on_resume):
         register_model(model)
 
+
+def sweep_agent():
+    """The pid of the nearest ancestor process that runs sweep.py (a warm start's parent is the warm-start server)."""
+    pid = os.getppid()
+    while not any(arg.endswith(b"sweep.py") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")):
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        assert pid > 1, "SIGNAL_AGENT_AFTER: no sweep.py runs this run"
+    return pid
+
+
+def signal_agent_after(write, name):
+    """write, which then sends SIGTERM to the agent once it has written a file called name."""
+    sent = False
+
+    def then_signal(path, *args, **kwargs):
+        nonlocal sent
+        write(path, *args, **kwargs)
+        if Path(path).name == name and not sent:
+            sent = True
+            os.kill(sweep_agent(), signal.SIGTERM)
+    return then_signal
+
+
 if __name__ == "__main__":
     print(f"warm start: {WARM}", flush=True)
+    if after := os.environ.get("SIGNAL_AGENT_AFTER"):  # here, not above: a warm start runs this file twice
+        runfiles = train.runfiles
+        runfiles.write_json = signal_agent_after(runfiles.write_json, after)
+        runfiles.write_history = signal_agent_after(runfiles.write_history, after)
     train.START = START
     main()
