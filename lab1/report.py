@@ -8,7 +8,8 @@
 Inputs (formats in INTERFACE.md): results/<sweep>.csv, one row per run: its parameters, summary, provenance and
 settings (lr, global batch, lr_base_size, split sizes, target, processes, accumulation: every fact the report
 states about a run is a column, never a literal here); results/<sweep>_history.csv, one row per run and evaluation
-point; results/sweep_times.csv, each sweep's wall time as measured when it ran.
+point; results/sweep_times.csv, each sweep's wall time as measured when it ran; results/gap_line.csv (LINE),
+lab1/interpolate.py's line between 1e's models, made by the command the README gives.
 
 Outputs, deterministic (sorted rows, fixed formats, a seeded bootstrap, no timestamps): tables/<name>.md and .csv;
 figures/<name>.png and figures/<name>.csv, the data each figure draws (panel, series, x, y, interval; what the
@@ -49,6 +50,7 @@ from scipy import optimize, stats
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import LogFormatter
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -66,6 +68,14 @@ SETTINGS = ("dataset", "model", "img_size", "num_classes", "train_size", "val_si
             "target_val_acc", "device")
 B = "global_batch_size"  # "batch" everywhere in this report: the images one update averages over
 TIMES = "sweep_times.csv"  # in results/: sweep, wall_s, date, note (how long `python sweep.py` took)
+REPLAY = "replay.csv"  # in results/: older sweeps' runs replayed with the newest sweeps' train.py (lab1/replay.py)
+# lab1/interpolate.py's CSV for 1e, in results/ beside the sweeps (load_results skips it): the loss along the line
+# from each seed's batch-16 model to its batch-256 model, each at its size's best lr. It is made by the command
+# that section_gap writes into the README (text:gap_line_command) from the best lrs' run ids, of the form
+#   python lab1/interpolate.py runs/sweeps/lab1_gap_16/RUN_A runs/sweeps/lab1_gap_256/RUN_B ... --points 9 \
+#       --alpha_min -0.5 --alpha_max 1.5 --out lab1/results/gap_line.csv
+LINE = "gap_line.csv"
+NOT_SWEEPS = (TIMES, REPLAY, LINE)  # the files of results/ that are not a sweep's
 BOOTSTRAP = 2000  # resamples
 SPAN = 100  # values spanning more than this factor: median and range, not mean and interval
 AXIS_SPAN = 10  # values spanning more than this factor: a log axis
@@ -82,7 +92,7 @@ def load_results(results_dir):
     settings. Both files are read with runfiles.read_results, the contract's one reader of results."""
     loaded = {}
     for path in sorted(Path(results_dir).glob("*.csv")):
-        if path.stem.endswith("_history") or path.name == TIMES:
+        if path.stem.endswith("_history") or path.name in NOT_SWEEPS:
             continue
         rows = runfiles.read_results(path)
         for row in rows:
@@ -526,6 +536,23 @@ def legend_below(fig, ax, ncol=4):
     fig.bottom = (math.ceil(len(labels) / ncol) * 11 + 6) / (72 * fig.get_figheight())  # rows of 11 points
 
 
+class PlainLog(LogFormatter):
+    """Log-axis labels written 200, 0.05 rather than 2×10², 5e-02; the ticks labelled are matplotlib's choice."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def log_y(ax):
+    """A log y axis labelled 200, 300, 0.05 (minor ticks labelled only where it spans few decades), where the
+    panel has drawn a positive finite value; linear where it has none (every run missed: only top-edge marks)."""
+    panel = ax.figure.axes.index(ax)
+    if any(float(row[3]) > 0 for row in ax.figure.drawn if row[0] == panel and row[3] not in ("", "inf", "nan")):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(PlainLog(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def save(fig, path):
     """figures/<name>.png and figures/<name>.csv: every panel's labels and every value drawn."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -614,7 +641,26 @@ def section_setup(rep):
         f"{'a clean checkout (`git_dirty` False)' if clean else 'a checkout'} of the commit and versions below, "
         "with `python sweep.py sweeps/<file>`; each run also went to W&B "
         f"offline. {len(commits[order[0]])} of the {len(rep.loaded)} sweeps come from {order[0]}"
-        + "".join(f"; {listing(f'`{s}`' for s in commits[c])} from {c}" for c in order[1:]) + "."))
+        + "".join(f"; {listing(f'`{s}`' for s in commits[c])} from {c}" for c in order[1:]) + "."
+        + replayed(rep)))
+
+
+def replayed(rep):
+    """What lab1/replay.py found: did the newest sweeps' train.py train the older sweeps' runs the same?"""
+    rows = runfiles.read_results(rep.results_dir / REPLAY)
+    if not rows:
+        return ""
+    runs = {(r["sweep"], r["run_id"]): [] for r in rows}
+    for r in rows:
+        runs[(r["sweep"], r["run_id"])].append(r["same"] is True)
+    same = sum(all(v) for v in runs.values())
+    at = listing(f"`{fmt_key(c)[:7]}`" for c in distinct(rows, "replayed_at"))
+    return (f" train.py changed between these commits (new instruments, a streaming data path), so the cheapest "
+            f"run of each of the {num(len(runs))} older sweeps was run again with {at}'s train.py "
+            f"(`python lab1/replay.py`): {num(same)} of {num(len(runs))} gave the same losses, accuracies and "
+            "update counts, bit for bit, as the committed run"
+            + ("" if same == len(runs) else f" ({listing(sorted(s for s, _ in runs if not all(runs[s, _])))} did not)")
+            + ".")
 
 
 # ---------------------------------------------------------------- Q1: batch size
@@ -873,6 +919,545 @@ def section_generalisation(rep):
         f"{listing(num(tuned[b][0]) for b in batches)} at batch {numbers(batches)}), {at_tuned}{edge}."))
 
 
+# ---------------------------------------------------------------- Q1: the large-batch gap, done properly
+
+# its alphas before there is a CSV (--points, --alpha_min, --alpha_max): steps of 0.25, so 0 and 1 among them and
+# three between; 4.7 minutes for 8 pairs on the 2 cores, beside an accuracy sweep (lab1_memorisation)
+LINE_ALPHAS = (9, -0.5, 1.5)
+GAP_ROLES = ("small", "plain", "ghost")  # 1e's three ways to train: batch 16; batch 256; batch 256, ghost BN
+
+
+def grid_best(rows, metric="val/acc_final"):
+    """-> (the lr of a grid with the best mean metric over its completed runs (a tie: the smaller lr), edge):
+    edge is "lowest" or "highest" when that lr is an end of the lrs tried, so that the grid does not bracket the
+    optimum, else None. (None, None) when no run has the metric."""
+    scores = {lr: np.mean(values(where(rows, lr=lr), metric)) for lr in distinct(rows, "lr")
+              if values(where(rows, lr=lr), metric)}
+    if not scores:
+        return None, None
+    best = max(scores, key=lambda lr: (scores[lr], -lr))
+    grid = distinct(rows, "lr")
+    return best, "lowest" if best == grid[0] else "highest" if best == grid[-1] else None
+
+
+def ratio_ci(ratios):
+    """{seed: a / b} -> (geometric mean, low, high, n): the 95% t interval of the mean log ratio, back in ratios.
+    Sharpness spans factors, so its paired comparison is a ratio, averaged in log space; non-positive ratios are
+    left out (a log needs a positive value)."""
+    logs = [math.log(r) for r in ratios.values() if is_number(r) and r > 0]
+    mean, half, n = mean_ci(logs)
+    if mean is None:
+        return math.nan, math.nan, math.nan, 0
+    half = math.nan if half is None else half
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half), n
+
+
+def fmt_ratio(ratios):
+    centre, low, high, n = ratio_ci(ratios)
+    return f"{fmt_interval(centre, low, high)} (n={n})"
+
+
+def compare_ratio(a, b, ratios, unit="seeds"):
+    """{seed: a / b} -> ('a is 2.10 [1.60, 2.76] times b, above 1 in all 8 seeds', True) when the interval of the
+    geometric mean excludes 1 (`resolved` in log space), else ('a is within noise of b (ratio 1.10 [0.80, 1.51];
+    above 1 in 5 of 8 seeds)', False)."""
+    centre, low, high, n = ratio_ci(ratios)
+    if n < 2:
+        return f"{a} against {b}: fewer than two {unit} to compare", False
+    kept = [r for r in ratios.values() if is_number(r) and r > 0]
+    ups, downs = sum(r > 1 for r in kept), sum(r < 1 for r in kept)
+    interval = fmt_interval(centre, low, high)
+    if low > 1 or high < 1:
+        word, agree = ("above", ups) if low > 1 else ("below", downs)
+        return f"{a} is {interval} times {b}, {word} 1 in {seeds(agree, n, unit)}", True
+    word, agree = ("below", downs) if centre < 1 else ("above", ups)
+    return f"{a} is within noise of {b} (ratio {interval}; {word} 1 in {seeds(agree, n, unit)})", False
+
+
+def barrier(points):
+    """[(alpha, loss)] along the line from model A (alpha 0) to model B (1) -> the highest loss strictly between
+    them less the higher of the two ends: positive when the loss rises above both ends on the way (a barrier),
+    negative when it stays below the higher end. NaN without both ends or a point between them."""
+    at = dict(points)
+    inner = [loss for alpha, loss in points if 0 < alpha < 1]
+    if 0 not in at or 1 not in at or not inner:
+        return math.nan
+    return max(inner) - max(at[0], at[1])
+
+
+def monotone(points):
+    """[(alpha, loss)] -> whether the loss only rises, or only falls, from alpha 0 to 1."""
+    inside_ = [loss for alpha, loss in sorted(points) if 0 <= alpha <= 1]
+    steps = [b - a for a, b in zip(inside_, inside_[1:], strict=False)]
+    return all(d >= 0 for d in steps) or all(d <= 0 for d in steps)
+
+
+def read_line(path):
+    """lab1/interpolate.py's CSV -> rows, run_a and run_b as text (they are run ids), every other cell a number;
+    [] when there is no file."""
+    try:
+        with open(path, newline="") as f:
+            return [{k: v if k in ("run_a", "run_b") else float(v) if v else math.nan for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+
+
+class Gap(NamedTuple):
+    """1e's runs, per role (GAP_ROLES): all of its lr grid, the best lr, whether that lr is the grid's edge, and the
+    best lr's runs."""
+    runs: dict
+    best: dict
+    edge: dict
+    tuned: dict
+    label: dict  # role -> how the text names it
+
+
+def gap_analysis(rep):
+    """lab1_gap_16 and lab1_gap_256 as 1e's three roles (computed once a report); None before both have runs."""
+    if "gap" not in rep.cache:
+        big = rep.rows("lab1_gap_256")
+        runs = {"small": rep.rows("lab1_gap_16"), "plain": [r for r in big if not r.get("ghost_batch_size")],
+                "ghost": [r for r in big if r.get("ghost_batch_size")]}
+        gap = None
+        if all(completed(rs) for rs in runs.values()):
+            chosen = {role: grid_best(rs) for role, rs in runs.items()}
+            best = {role: lr for role, (lr, _) in chosen.items()}
+            ghost = only(runs["ghost"], "ghost_batch_size")
+            label = {role: f"batch {num(only(runs[role], B))}" for role in runs}
+            label["ghost"] += f" with ghost BN in groups of {num(ghost)}"
+            gap = Gap(runs, best, {role: edge for role, (_, edge) in chosen.items()},
+                      {role: where(rs, lr=best[role]) for role, rs in runs.items()}, label)
+        rep.cache["gap"] = gap
+    return rep.cache["gap"]
+
+
+def edge_words(lr, edge):
+    """A best lr as the text gives it: '0.008', or '0.016 (the highest of its grid: not bracketed)'."""
+    return num(lr) + (f" (the {edge} of its grid: not bracketed by it)" if edge else "")
+
+
+def section_gap(rep):
+    gap = gap_analysis(rep)
+    if gap is None:
+        return
+    lrs = sorted({lr for rs in gap.runs.values() for lr in distinct(rs, "lr")})
+    rep.table("gap_lr", ["lr", *[f"val/acc_final, {gap.label[role]}" for role in GAP_ROLES]], [
+        [f"{lr:g}", *[fmt_ci(mean_ci(values(where(gap.runs[role], lr=lr), "val/acc_final")))
+                      if where(gap.runs[role], lr=lr) else "not run" for role in GAP_ROLES]] for lr in lrs]
+        + [["best", *[edge_words(gap.best[role], gap.edge[role]) for role in GAP_ROLES]]])
+    rep.table("gap", ["", "best lr", "updates", "val/acc_final", "test/acc", "sharpness/top_eig (final weights)"], [
+        [gap.label[role], f"{gap.best[role]:g}", fmt_key(only(gap.tuned[role], "update")),
+         *[fmt_summary(values(gap.tuned[role], m), d) for m, d in (("val/acc_final", 3), ("test/acc", 3),
+                                                                   ("sharpness/top_eig", 1))]]
+        for role in GAP_ROLES])
+    pairs = gap_pairs(gap)
+    rep.table("gap_paired", ["paired by seed", "val/acc_final", "test/acc",
+                             "sharpness ratio (geometric mean [95% interval])"], [
+        [name, *[fmt_ci(paired(by_seed(gap.tuned[a], m), by_seed(gap.tuned[b], m))) for m in ("val/acc_final",
+                                                                                              "test/acc")],
+         fmt_ratio(sharpness_ratios(gap, a, b))] for name, (a, b) in pairs.items()])
+    line = line_pairs(rep, gap)
+    table_gap_line(rep, line)
+    figure_gap(rep, gap, line, lrs)
+    text_gap(rep, gap, line)
+
+
+def gap_pairs(gap):
+    """The paired comparisons of 1e: name -> (role, role it is compared with)."""
+    return {f"{gap.label['plain']} − {gap.label['small']}: the gap": ("plain", "small"),
+            f"{gap.label['ghost']} − {gap.label['plain']}: batch norm's share": ("ghost", "plain"),
+            f"{gap.label['ghost']} − {gap.label['small']}: what ghost BN leaves": ("ghost", "small")}
+
+
+def sharpness_ratios(gap, a, b):
+    """{seed: sharpness of role a's final weights / role b's}, each at its best lr."""
+    sa, sb = by_seed(gap.tuned[a], "sharpness/top_eig"), by_seed(gap.tuned[b], "sharpness/top_eig")
+    return {s: sa[s] / sb[s] for s in sorted(sa.keys() & sb.keys()) if sb[s]}
+
+
+class Line(NamedTuple):
+    """1e's line: per seed, the (alpha, row) points from its batch-16 model (alpha 0) to its batch-256 one (1)."""
+    points: dict  # seed -> [(alpha, row)], alpha ascending
+    runs: dict  # seed -> (run A's results row, run B's)
+    history: list  # the history rows of every run on a line
+
+
+def line_pairs(rep, gap):
+    rows = read_line(rep.results_dir / LINE)
+    ids = {r["run_id"]: r for rs in (gap.runs["small"], gap.runs["plain"]) for r in rs}
+    points, runs = {}, {}
+    for row in rows:
+        a, b = ids.get(row["run_a"]), ids.get(row["run_b"])
+        if a is None or b is None or a["seed"] != b["seed"]:
+            raise ReportError(f"{LINE} pairs runs {row['run_a']} and {row['run_b']}, which are not one seed's runs "
+                              "of lab1_gap_16 and lab1_gap_256: make it again with the command in the README")
+        points.setdefault(a["seed"], []).append((row["alpha"], row))
+        runs[a["seed"]] = (a, b)
+    wanted = {r["run_id"] for pair in runs.values() for r in pair}
+    history = [h for h in rep.history("lab1_gap_16", "lab1_gap_256") if h["run_id"] in wanted]
+    return Line({s: sorted(p, key=lambda x: x[0]) for s, p in sorted(points.items())}, runs, history)
+
+
+def line_values(line, metric):
+    """{alpha: [each seed's value]} along the line."""
+    out = {}
+    for points in line.points.values():
+        for alpha, row in points:
+            out.setdefault(alpha, []).append(row[metric])
+    return dict(sorted(out.items()))
+
+
+def table_gap_line(rep, line):
+    metrics = ("train/loss", "val/loss", "val/acc")
+    by_alpha = {m: line_values(line, m) for m in metrics}
+    rep.table("gap_line", ["alpha", *[f"{m}{' (train labels, eval mode)' if m.startswith('train') else ''}"
+                                      for m in metrics]],
+              [[fmt_key(alpha), *[fmt_summary(by_alpha[m][alpha], 3) for m in metrics]]
+               for alpha in by_alpha["train/loss"]])
+
+
+def figure_gap(rep, gap, line, lrs):
+    fig, axes = new_figure(2, 2, (12, 8))
+    colors = dict(zip(GAP_ROLES, ("tab:blue", "tab:red", "tab:green"), strict=True))
+    finals = [v for rs in gap.runs.values() for v in values(rs, "val/acc_final")]
+    bottom = math.floor(min(finals) * 20) / 20 if finals else 0
+    for g, role in enumerate(GAP_ROLES):
+        grid = distinct(gap.runs[role], "lr")
+        xs = [jitter(lr, g, len(GAP_ROLES), 0.15) for lr in grid]
+        means = [seeds_ci(axes[0], lr, values(where(gap.runs[role], lr=lr), "val/acc_final"), colors[role],
+                          gap.label[role], spread=0.03, at=x)
+                 for lr, x in zip(grid, xs, strict=True)]
+        axes[0].plot(xs, means, color=colors[role], lw=1, label=f"{gap.label[role]}: mean, 95% interval")
+        seeds_ci(axes[1], g, values(gap.tuned[role], "sharpness/top_eig"), colors[role], gap.label[role],
+                 label=once(axes[1], "mean (geometric), 95% interval"), log=True, log_x=False, spread=0.05,
+                 meaning="no sharpness", who="each seed")
+    legend(axes[0], fontsize=7, loc="lower right")
+    lr_axis(axes[0], lrs)
+    axes[0].set_ylim(bottom, 1.01)
+    axes[0].set(xlabel="lr", ylabel=f"val/acc_final (axis from {bottom:g})",
+                title="validation accuracy after the last epoch, by lr")
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(range(len(GAP_ROLES)), [gap.label[role].replace(" with ", "\n") for role in GAP_ROLES],
+                       fontsize=7)
+    axes[1].set(ylabel="sharpness/top_eig (final weights)", title="sharpness at each one's best lr")
+    for ax, metric in ((axes[2], "train/loss"), (axes[3], "val/loss")):
+        curves = [[(alpha, row[metric]) for alpha, row in points] for points in line.points.values()]
+        log = spans([y for c in curves for _, y in c], AXIS_SPAN)
+        seed_curves(ax, curves, "k", f"line: {metric}", "one line per seed", log=log)
+        ax.set_yscale("log" if log else "linear")
+        for alpha, role in ((0, "small"), (1, "plain")):
+            ax.axvline(alpha, color=colors[role], ls=":", lw=1, label=f"{gap.label[role]}'s model")
+        ax.set(xlabel=f"alpha (0: {gap.label['small']}'s model, 1: {gap.label['plain']}'s)", ylabel=metric,
+               title=f"{metric} along the line between the two models (n={len(curves)} seeds)")
+    for ax in axes:
+        ax.title.set_fontsize(9)
+    for ax in axes[1:]:
+        legend(ax, fontsize=7)
+    rep.save(fig, "gap")
+
+
+def text_gap(rep, gap, line):
+    small, plain, ghost = (gap.runs[role] for role in GAP_ROLES)
+    size = only(ghost, "ghost_batch_size")
+    rep.text("gap_design", (
+        f"`lab1_gap_16` trains batch {num(only(small, B))} at lr {said(small, 'lr')}, and `lab1_gap_256` batch "
+        f"{num(only(plain, B))} at lr {said(plain, 'lr')}, with plain batch norm and with ghost batch norm in groups "
+        f"of {num(size)} (Hoffer et al. 2017: in training each group of {num(size)} images is normalised with its "
+        f"own statistics, as at batch {num(only(small, B))}); {design(small + plain, 'optimizer', 'scheduler')}, "
+        f"{design(small, 'epochs', 'seed')}, precise BN. Each run measures the sharpness of its final weights, "
+        f"`sharpness/top_eig`: the top eigenvalue of the training loss's Hessian on {said(small, 'sharpness_samples')}"
+        " fixed training images, in train mode (the ghost runs' in their groups), by power iteration. Each one's "
+        "best lr is the one with the best mean `val/acc_final`; one at an end of its grid is marked as not "
+        "bracketed."))
+    tests = {role: by_seed(gap.tuned[role], "test/acc") for role in GAP_ROLES}
+    the_gap, gap_ok = compare(gap.label["plain"], gap.label["small"], diff(tests["plain"], tests["small"]))
+    share, share_ok = compare(gap.label["ghost"], f"plain batch norm at {gap.label['plain']}",
+                              diff(tests["ghost"], tests["plain"]))
+    left, left_ok = compare(gap.label["ghost"], gap.label["small"], diff(tests["ghost"], tests["small"]))
+    sharp, sharp_ok = compare_ratio(f"the sharpness of {gap.label['plain']}'s final weights",
+                                    f"{gap.label['small']}'s", sharpness_ratios(gap, "plain", "small"))
+    gap_mean, share_mean = (np.mean(list(diff(tests[a], tests[b]).values())) for a, b in (("plain", "small"),
+                                                                                        ("ghost", "plain")))
+    if gap_ok and share_ok and gap_mean < 0 < share_mean:
+        share += f", {pct(share_mean / -gap_mean)} of the gap's mean"
+    rep.finding("1e", f"With each at its best lr, in test accuracy, {the_gap}", gap_ok)
+    rep.finding("1e", f"In test accuracy, {share}", share_ok)
+    rep.finding("1e", f"In test accuracy, {left}", left_ok)
+    rep.finding("1e", sharp[0].upper() + sharp[1:], sharp_ok)
+    edges = [edge_note(rep, gap, role) for role in GAP_ROLES if gap.edge[role]]
+    rep.text("gap_answer", (
+        "Best lrs (by mean `val/acc_final`): "
+        + listing(f"{edge_words(gap.best[r], gap.edge[r])} at {gap.label[r]}" for r in GAP_ROLES)
+        + f". At them, in test accuracy, {the_gap}; {share}; {left}. {sharp[0].upper()}{sharp[1:]}"
+        + "".join(f". {e[0].upper()}{e[1:]}" for e in edges) + "."))
+    sharper = ratio_ci(sharpness_ratios(gap, "plain", "small"))[0]
+    verdicts = {"sharper minima": (1 if sharper > 1 else -1) if sharp_ok else 0,
+                "batch norm's statistics over more images": direction(share_ok, tests["ghost"], tests["plain"], 1),
+                "SGD's noise and the number of updates": direction(left_ok, tests["ghost"], tests["small"], -1)}
+    text_gap_line(rep, gap, line, gap_ok, verdicts)
+
+
+def edge_note(rep, gap, role):
+    """A best lr at an end of its grid: the next lr of the grid against it, and 1c's tuning runs at the same batch
+    where they reach beyond that end."""
+    runs, best, edge = gap.runs[role], gap.best[role], gap.edge[role]
+    grid = distinct(runs, "lr")
+    text = f"{gap.label[role]}'s best lr is the {edge} of its grid, so a better lr may lie beyond it"
+    if len(grid) > 1:
+        nearest = grid[1] if edge == "lowest" else grid[-2]
+        text += "; in `val/acc_final` " + compare(f"lr {num(nearest)}", f"lr {num(best)}", diff(
+            by_seed(where(runs, lr=nearest), "val/acc_final"), by_seed(gap.tuned[role], "val/acc_final")))[0]
+    b = only(runs, B)
+    if b in tuned_lr_runs(rep):
+        chosen, _, lrs = tuned_lr_runs(rep)[b]
+        beyond = [lr for lr in lrs if (lr < best if edge == "lowest" else lr > best)]
+        if beyond and chosen not in beyond:
+            text += (f". 1c's tuning runs at batch {num(b)} reach beyond it (lr {numbers(lrs)}) and found lr "
+                     f"{num(chosen)} best, so the two grids together bracket it")
+    return text
+
+
+def direction(ok, a, b, sign):
+    """1 when the paired difference a - b is resolved with the sign an explanation predicts, -1 when resolved the
+    other way, 0 when within noise."""
+    if not ok:
+        return 0
+    return 1 if np.sign(np.mean(list(diff(a, b).values()))) == sign else -1
+
+
+def verdict(verdicts):
+    """{explanation: 1, -1 or 0 (direction)} -> 'they support a; they go against b; they do not resolve c'."""
+    said_ = {v: [name for name, d in verdicts.items() if d == v] for v in (1, -1, 0)}
+    return "; ".join(f"they {word} {listing(said_[v])}" for v, word in (
+        (1, "support"), (-1, "go against"), (0, "do not resolve")) if said_[v])
+
+
+def text_gap_line(rep, gap, line, gap_ok, verdicts):
+    small, big, ghost = gap.label["small"], gap.label["plain"], gap.label["ghost"]
+    rules = (f"The rules: sharper minima are supported when the sharpness of {big}'s final weights is resolved above "
+             f"{small}'s (their ratio's interval excludes 1) and the two models' train losses on the line are within "
+             "noise of each other (minima of one depth, as Keskar et al. compare them; a model that ends higher on "
+             "the loss has not reached a minimum as deep); batch norm's statistics over more images when "
+             f"{ghost} is resolved above plain batch norm at {big}; SGD's noise and the number of updates when "
+             f"{ghost} (batch norm's statistics as at {small}) is still resolved below {small}, which is what "
+             "is left: these runs cannot split the noise from the number of updates. Each in test accuracy, paired "
+             "by seed, at each one's best lr.")
+    conclusion = (f"{'' if gap_ok else 'With each at its best lr there is no resolved gap to explain. '}By these "
+                  f"rules {verdict(verdicts)}.")
+    alphas = sorted({alpha for points in line.points.values() for alpha, _ in points})
+    best_pairs = gap_line_command(rep, gap, (len(alphas), alphas[0], alphas[-1]) if alphas else LINE_ALPHAS)
+    if not line.points:
+        rep.text("gap_line_design", f"No line yet: `{LINE}` is not in the results (How to regenerate says how to "
+                                    "make it).")
+        rep.text("gap_line_answer", rules, conclusion)
+        return
+    losses = {s: [(alpha, row["train/loss"]) for alpha, row in points] for s, points in line.points.items()}
+    barriers = {s: barrier(p) for s, p in losses.items() if is_number(barrier(p))}
+    rise, rise_ok = compare("the highest train loss between the two models", "the higher of the two ends",
+                            barriers)
+    rep.finding("1e", f"On the line from {small}'s model to {big}'s, {rise}", rise_ok)
+    basin = {1: "a barrier separates the two solutions on this line",
+             -1: "no barrier: the loss between the two solutions stays below the higher end",
+             0: "a barrier is not resolved"}[direction(rise_ok, barriers, dict.fromkeys(barriers, 0), 1)]
+    ends = {s: dict(p)[1] - dict(p)[0] for s, p in losses.items() if 0 in dict(p) and 1 in dict(p)}
+    depth, depth_ok = compare(f"the train loss of {big}'s model", f"{small}'s", ends)
+    rep.finding("1e", f"On the line, {depth}", depth_ok)
+    shallower = ""
+    if depth_ok and verdicts["sharper minima"] == 1:
+        verdicts["sharper minima"] = 0  # a sharper point higher on the loss: not a minimum of the same depth
+        shallower = (f" {big[0].upper()}{big[1:]}'s final weights are sharper, but its model ends higher on the "
+                     f"training loss than {small}'s: a sharper point, not a sharper minimum of the same depth.")
+    steady = sum(monotone(p) for p in losses.values())
+    conclusion = (f"{'' if gap_ok else 'With each at its best lr there is no resolved gap to explain. '}By these "
+                  f"rules {verdict(verdicts)}.{shallower}")
+    ids = [r for pair in line.runs.values() for r in pair]
+    lowest_last = sum(lowest(curve(line.history, r["run_id"], "val/loss"))[0] == max_epoch(
+        [h for h in line.history if h["run_id"] == r["run_id"]]) for r in ids)
+    ends = [(row, r) for (a, b), points in zip(line.runs.values(), line.points.values(), strict=True)
+            for alpha, row in points for r in ((a,) if alpha == 0 else (b,) if alpha == 1 else ())]
+    same = sum(abs(row["val/acc"] - dict(curve(line.history, r["run_id"], "val/acc"))[
+        lowest(curve(line.history, r["run_id"], "val/loss"))[0]]) < 1e-6 for row, r in ends)
+    a_lr, b_lr = (said([pair[i] for pair in line.runs.values()], "lr") for i in (0, 1))
+    stale = {(a["run_id"], b["run_id"]) for a, b in line.runs.values()} != best_pairs
+    rep.text("gap_line_design", (
+        f"`lab1/interpolate.py` evaluates the weights (1 − α) A + α B from each seed's {small} model A (lr {a_lr}) "
+        f"to its {big} model B (lr {b_lr}), for {len(line.points)} seeds at {len(alphas)} values of α from "
+        f"{num(alphas[0])} to {num(alphas[-1])}, with batch-norm statistics recomputed on the training split at "
+        "each α (as precise BN), and the train loss in evaluation mode on all training images. A and B are the "
+        "runs' `model.safetensors`: the weights at their lowest validation loss, which is the last evaluation point "
+        f"(the weights whose sharpness is measured) in {lowest_last} of the {len(ids)} runs. At α = 0 and 1 the line "
+        f"gives the runs' own validation accuracy at that point in {same} of the {len(ends)} ends."
+        + (" These pairs are not each seed's runs at the best lrs above: make the line again with the command in "
+           "How to regenerate." if stale else "")))
+    rep.text("gap_line_answer", (
+        f"Along the line, {rise} (per seed: {listing(f'{v:+.3f}' for v in barriers.values())}): {basin}. From one "
+        f"model to the other the train loss changes monotonically in {seeds(steady, len(losses))}. At the ends, "
+        f"{depth}."), rules, conclusion)
+
+
+def gap_line_command(rep, gap, alphas):
+    """The README's command that makes LINE: each seed's batch-16 and batch-256 runs at their best lrs, at alphas
+    (--points, --alpha_min, --alpha_max). -> the pairs of run ids it names."""
+    small, plain = (by_seed_rows(gap.tuned[role]) for role in ("small", "plain"))
+    pairs = [(small[s]["run_id"], plain[s]["run_id"]) for s in sorted(small.keys() & plain.keys())]
+    a_dir, b_dir = (f"runs/sweeps/{s}" for s in ("lab1_gap_16", "lab1_gap_256"))
+    points, low, high = alphas
+    rep.text("gap_line_command", "```bash\npython lab1/interpolate.py \\\n" + "".join(
+        f"  {a_dir}/{a} {b_dir}/{b} \\\n" for a, b in pairs)
+        + f"  --points {points} --alpha_min {num(low)} --alpha_max {num(high)} --out lab1/results/{LINE}\n```")
+    return set(pairs)
+
+
+def by_seed_rows(rows):
+    """{seed: row} of the completed runs."""
+    return {r["seed"]: r for r in completed(rows)}
+
+
+# ---------------------------------------------------------------- Q1: GroupNorm with its own lr
+
+GROUPNORM_LR = ("lab1_groupnorm_lr", "lab1_groupnorm_lr_low")  # one grid: the second extends the first downwards
+
+
+def section_groupnorm_lr(rep):
+    grid = rep.rows(*GROUPNORM_LR)
+    ran = [f"`{s}`" for s in GROUPNORM_LR if rep.rows(s)]
+    files = listing(ran)
+    gap = gap_analysis(rep)
+    if not grid:
+        return
+    tuning, kwargs, batches = set(distinct(grid, "seed")), only(grid, "model_kwargs"), distinct(grid, B)
+    rows = grid + [r for r in rep.rows("lab1_groupnorm") if r["seed"] in tuning and r[B] in batches
+                   and r.get("model_kwargs") == kwargs]
+    chosen = {b: grid_best(where(rows, **{B: b})) for b in batches}
+    lrs = distinct(rows, "lr")
+    rep.table("groupnorm_lr", ["lr", *[f"val/acc_final, GroupNorm, batch {fmt_key(b)}" for b in batches]], [
+        [f"{lr:g}", *[fmt_ci(mean_ci(values(where(rows, **{B: b, "lr": lr}), "val/acc_final"))) for b in batches]]
+        for lr in lrs] + [["best", *[edge_words(*chosen[b]) for b in batches]]])
+    bn = {only(gap.runs[role], B): role for role in ("small", "plain")} if gap else {}
+    head = [B, "GroupNorm's best lr", "batch norm's best lr (1e)", "val/acc_final, GroupNorm",
+            "val/acc_final, batch norm", "GroupNorm − batch norm (paired), val/acc_final", "same, test/acc"]
+    table, claims = [], {}
+    for b in batches:
+        gn = where(rows, **{B: b, "lr": chosen[b][0]})
+        norm = gap.tuned[bn[b]] if b in bn else []
+        claims[b] = {m: compare(f"GroupNorm at lr {num(chosen[b][0])}", f"batch norm at lr {num(gap.best[bn[b]])}",
+                                diff(by_seed(gn, m), by_seed(norm, m))) if norm else ("", False)
+                     for m in ("val/acc_final", "test/acc")}
+        table.append([fmt_key(b), edge_words(*chosen[b]), edge_words(gap.best[bn[b]], gap.edge[bn[b]]) if norm
+                      else "n/a", fmt_ci(mean_ci(values(gn, "val/acc_final"))),
+                      fmt_ci(mean_ci(values(norm, "val/acc_final"))),
+                      *[fmt_ci(paired(by_seed(gn, m), by_seed(norm, m))) for m in ("val/acc_final", "test/acc")]])
+    rep.table("groupnorm_tuned", head, table)
+    rep.text("groupnorm_lr_design", (
+        f"{files} {'trains' if len(ran) == 1 else 'train'} 1a's model without batch norm "
+        f"(`{kwargs}`: GroupNorm with one group in "
+        f"place of every BatchNorm) at batch {numbers(batches)} over lr {said(grid, 'lr')}, "
+        f"{design(grid, 'optimizer', 'epochs')}, seeds {numbers(sorted(tuning))}; with `lab1_groupnorm`'s lr "
+        f"{said(rep.rows('lab1_groupnorm'), 'lr')} runs of the same seeds, a grid of {len(lrs)}. Each batch "
+        "size's best lr (best mean `val/acc_final`) is compared with batch norm's at its best lr (1e), paired by "
+        "the seeds both have."
+        + commits_note({f"the runs of {files}": grid, "those of `lab1_groupnorm`": [
+            r for r in rows if r not in grid]})))
+    sentences, slower = [], {}
+    for b in batches:
+        (val, ok), (test, _) = claims[b]["val/acc_final"], claims[b]["test/acc"]
+        lr, edge = chosen[b]
+        caveat = f" (GroupNorm's best lr is the {edge} of its grid: not bracketed by it)" if edge else ""
+        if val:
+            rep.finding("1f", f"At batch {num(b)}, each at its best lr, in val/acc_final after "
+                              f"{num(only(grid, 'epochs'))} epochs, {val}{caveat}", ok)
+            sentences.append(f"At batch {num(b)}, in validation accuracy after {num(only(grid, 'epochs'))} epochs, "
+                             f"{val}; in test accuracy, {test}.")
+            below = ok and " below " in val
+            slower[b] = "slower" if below and not edge else "edge" if below else "not resolved"
+    verdicts = [f"at batch {num(b)}, " + {
+        "slower": "GroupNorm trains more slowly than batch norm, each with its lr tuned",
+        "edge": f"GroupNorm is below batch norm at its best lr, but that lr, {num(chosen[b][0])}, is the "
+                f"{chosen[b][1]} of the grid, so whether a{' lower' if chosen[b][1] == 'lowest' else ' higher'} lr "
+                "closes the gap is not measured",
+        "not resolved": "a difference from batch norm is not resolved"}[word] for b, word in slower.items()]
+    if verdicts:
+        sentences.append(f"So, by these rules, {'; '.join(verdicts)}.")
+    small, big = batches[0], batches[-1]
+    gn_gap, ok = compare(f"batch {num(big)}", f"batch {num(small)}", diff(
+        *(by_seed(where(rows, **{B: b, "lr": chosen[b][0]}), "test/acc") for b in (big, small))))
+    rep.finding("1f", f"Without batch norm, each at its best lr, in test accuracy, {gn_gap}", ok)
+    rep.text("groupnorm_lr_answer", " ".join(sentences) + (
+        f" Without batch norm, each batch size at its best lr, in test accuracy {gn_gap}."))
+
+
+# ---------------------------------------------------------------- Q1: at equal examples
+
+def commits_note(sets):
+    """{name: rows} -> ' The x runs come from commit `a` and the y runs from `b` (the provenance table).' when the
+    sets were run from different commits (their training code may differ), else ''."""
+    commits = {name: listing(f"`{fmt_key(c)[:7]}`" for c in distinct(rows, "git_commit")) for name, rows in
+               sets.items()}
+    if len(set(commits.values())) < 2:
+        return ""
+    (first, commit), *rest = commits.items()
+    return (f" {first[0].upper()}{first[1:]} come from commit {commit} and "
+            f"{listing(f'{name} from {c}' for name, c in rest)} (the provenance table).")
+
+
+HELD = (("epoch", "epochs"), ("update", "updates"), ("examples", "images seen"), ("lr", "lr"))
+
+
+def held_equal(small, big):
+    """What two sets of runs hold equal, of epochs, updates, images seen and lr: the words for the settings in
+    which every run of both has one and the same value."""
+    return [word for key, word in HELD if only(small, key) is not None and only(small, key) == only(big, key)]
+
+
+def section_equal_examples(rep):
+    small = rep.rows("lab1_equal_examples")
+    if not small:
+        return
+    precise = evaluation_runs(rep)["precise BN"]
+    b_small, examples = one(small, B), one(small, "examples")
+    matching = [b for b in distinct(precise, B) if b != b_small and only(where(precise, **{B: b}), "examples")
+                == examples]
+    if not matching:
+        return
+    b_big = matching[-1]
+    tuned, updates, gap = tuned_lr_runs(rep), rep.rows("lab1_equal_updates"), gap_analysis(rep)
+    ways = {"equal epochs (1c)": (where(precise, **{B: b_small}), where(precise, **{B: b_big})),
+            "equal updates (1c)": (where(updates, **{B: b_small}), where(updates, **{B: b_big})),
+            "equal examples": (small, where(precise, **{B: b_big})),
+            "lr tuned on val (1c)": (tuned.get(b_small, (0, []))[1], tuned.get(b_big, (0, []))[1])}
+    if gap:
+        ways["lr tuned on val (1e)"] = (gap.tuned["small"], gap.tuned["plain"])
+    ways = {w: pair for w, pair in ways.items() if completed(pair[0]) and completed(pair[1])}
+    head = ["comparison", "held equal", f"batch {fmt_key(b_small)}: updates, images",
+            f"batch {fmt_key(b_big)}: updates, images", "lr", f"test/acc, {fmt_key(b_big)} − {fmt_key(b_small)} "
+                                                              "(paired)"]
+
+    def seen(rows):
+        return f"{said(rows, 'update')}; {said(rows, 'examples')}"
+
+    rep.table("equal_examples", head, [
+        [w, listing(held_equal(a, c)) or "none", seen(a), seen(c), f"{said(a, 'lr')} / {said(c, 'lr')}",
+         fmt_ci(paired(by_seed(c, "test/acc"), by_seed(a, "test/acc")))] for w, (a, c) in ways.items()])
+    rep.text("equal_examples_design", (
+        f"`lab1_equal_examples` trains batch {num(b_small)} for {said(small, 'update')} updates, "
+        f"{num(examples)} images: the images batch {num(b_big)} sees in "
+        f"{said(where(precise, **{B: b_big}), 'epochs')} epochs (`lab1_batch_size`'s precise-BN runs), at the "
+        f"same lr ({said(small, 'lr')}), with the {said(small, 'scheduler')} lr schedule over its own updates and "
+        "precise BN; seeds "
+        f"{numbers(distinct(small, 'seed'))}, paired with `lab1_batch_size`'s."
+        + commits_note({f"the batch-{num(b_small)} runs": small, f"the batch-{num(b_big)} runs": ways[
+            "equal examples"][1]})))
+    bullets = []
+    for w, (a, c) in ways.items():
+        sentence, ok = compare(f"batch {num(b_big)}", f"batch {num(b_small)}", diff(by_seed(c, "test/acc"),
+                                                                                  by_seed(a, "test/acc")))
+        if w == "equal examples":
+            rep.finding("1g", f"At equal examples, in test accuracy, {sentence}", ok)
+        held = listing(held_equal(a, c)) or "neither epochs, updates, images nor lr"
+        bullets.append(f"- **{w}** (holds equal: {held}): {sentence}.")
+    rep.text("equal_examples_answer", "In test accuracy, paired by seed:", "\n".join(bullets))
+
 # ---------------------------------------------------------------- Q2: epochs
 
 def curve(history, run_id, metric, x="epoch"):
@@ -1100,6 +1685,151 @@ def section_cosine(rep):
         "within that epoch."))
 
 
+PATIENCE = 5  # early stopping's patience in evaluations, as lab1_epochs.yaml's early-stopped runs (when not loaded)
+MEMORISATION = ("train/acc_clean", "train/acc_noisy", "train/acc_noisy_true")
+
+
+def early_stop(points, patience):
+    """train.py's early stopping replayed on one run's (epoch, val/loss) points in order -> (the epoch it stops at,
+    None when it never does; the epoch of the weights it keeps: the lowest val/loss up to the stop, the first such)."""
+    losses = []
+    for epoch, loss in points:
+        losses.append(loss if is_number(loss) else math.inf)
+        best = losses.index(min(losses))
+        if len(losses) - 1 - best >= patience:
+            return epoch, points[best][0]
+    return None, points[losses.index(min(losses))][0] if losses else None
+
+
+def first_above(per_epoch, level):
+    """{epoch: the seeds' values} -> the first epoch whose mean's 95% interval lies wholly above level, None if
+    none does."""
+    for epoch in sorted(per_epoch):
+        mean, half, _ = mean_ci(per_epoch[epoch])
+        if half is not None and mean - half > level:
+            return epoch
+    return None
+
+
+def section_memorisation(rep):
+    rows, history = rep.rows("lab1_memorisation"), rep.history("lab1_memorisation")
+    runs = completed(rows)
+    if not runs:
+        return
+    patience = max(distinct(rep.rows("lab1_epochs"), "early_stopping_patience"), default=PATIENCE)
+    metrics = (*MEMORISATION, "val/acc", "val/loss")
+    at = {m: {} for m in metrics}  # metric -> {epoch: [the seeds' values]}
+    for h in history:
+        if h["run_id"] in {r["run_id"] for r in runs}:
+            for m in metrics:
+                if is_number(h.get(m)):
+                    at[m].setdefault(h["epoch"], []).append(h[m])
+    stops = {r["seed"]: early_stop(curve(history, r["run_id"], "val/loss"), patience) for r in runs}
+    kept = {}  # epoch -> the seeds whose early stopping keeps that epoch's weights
+    for s, (_, k) in stops.items():
+        kept.setdefault(k, []).append(s)
+    epochs = sorted(at["val/loss"])
+    rep.table("memorisation", ["epoch", *metrics, "seeds whose early stopping keeps this epoch"], [
+        [fmt_key(e), *[fmt_ci(mean_ci(at[m].get(e, []))) for m in metrics],
+         ", ".join(fmt_key(s) for s in sorted(kept.get(e, [])))] for e in epochs])
+    figure_memorisation(rep, runs, history, stops, patience)
+    text_memorisation(rep, rows, runs, history, at, stops, patience)
+
+
+def figure_memorisation(rep, runs, history, stops, patience):
+    fig, axes = new_figure(1, 3, (16, 4.4))
+    chance = 1 / one(runs, "num_classes")
+    for metric, color, meaning in (("train/acc_clean", "tab:blue", "unchanged labels"),
+                                   ("train/acc_noisy", "tab:red", "relabelled, against the wrong label"),
+                                   ("train/acc_noisy_true", "tab:green", "relabelled, against the true class")):
+        seed_curves(axes[0], [curve(history, r["run_id"], metric) for r in runs], color, metric,
+                    f"{metric}: {meaning}")
+    axes[0].axhline(chance, color="black", ls=":", lw=1, label="chance (1 / classes)")
+    record(axes[0], "chance", None, chance)
+    for ax, metric, color in ((axes[1], "val/loss", "tab:purple"), (axes[2], "val/acc", "tab:gray")):
+        seed_curves(ax, [curve(history, r["run_id"], metric) for r in runs], color, metric, f"{metric}, per seed")
+    for r in runs:
+        stop, keep = stops[r["seed"]]
+        noisy = dict(curve(history, r["run_id"], "train/acc_noisy"))
+        loss = dict(curve(history, r["run_id"], "val/loss"))
+        for ax, y in ((axes[0], noisy.get(keep)), (axes[1], loss.get(keep))):
+            ax.plot([keep], [y], "*", color="tab:red", ms=9,
+                    label=once(ax, f"weights early stopping keeps (patience {num(patience)}), per seed"))
+            record(ax, "weights kept by early stopping", keep, y)
+        for ax in axes if stop is not None else ():
+            ax.axvline(stop, color="tab:red", ls=":", lw=1, label=once(ax, "early stopping's stop epoch, per seed"))
+            record(ax, "early stopping: stop epoch", stop, None)
+    axes[0].set_ylim(0, 1.02)
+    axes[2].set_ylim(0, 1.02)
+    axes[0].set(ylabel="accuracy on training images (eval mode)", title="training accuracy, one line per seed")
+    axes[1].set(ylabel="val/loss (cross-entropy)", title="validation loss")
+    axes[2].set(ylabel="val/acc", title="validation accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.title.set_fontsize(9)
+    for ax in axes[1:]:
+        legend(ax, fontsize=7)
+    legend_below(fig, axes[0], 3)
+    rep.save(fig, "memorisation")
+
+
+def text_memorisation(rep, rows, runs, history, at, stops, patience):
+    chance = 1 / one(runs, "num_classes")
+    size, noise, last = one(rows, "train_size"), one(rows, "label_noise"), max(at["train/acc_noisy"])
+    earlier = distinct(rep.rows("lab1_epochs"), "train_size")
+    rep.text("memorisation_design", (
+        f"`lab1_memorisation`: {design(rows, 'optimizer', 'lr', 'scheduler', B, 'epochs', 'label_noise', 'seed')}, "
+        f"on all {num(size)} training images, {num(round(noise * size))} of them relabelled"
+        + (f" (2b–2d's `lab1_epochs` used {listing(num(n) for n in earlier)}, `train_size`)" if earlier else "")
+        + ". At every epoch, in evaluation mode, accuracy on the images whose label was kept (`train/acc_clean`), "
+        "on the relabelled ones against the wrong label trained on (`train/acc_noisy`: memorisation) and against "
+        f"their true class (`train/acc_noisy_true`). Early stopping (patience {num(patience)} on val/loss, as "
+        "`lab1_epochs`) is replayed on each run's history: at a constant lr an early-stopped run is a prefix of it."))
+
+    def there(metric, epochs):
+        """{seed: metric at that seed's epoch}"""
+        found = {r["seed"]: dict(curve(history, r["run_id"], metric)).get(epochs[r["seed"]]) for r in runs}
+        return {s: v for s, v in found.items() if v is not None}
+
+    keep = {s: k for s, (_, k) in stops.items()}
+    start = min(at["train/acc_noisy"])
+    epochs = {"start": {s: start for s in keep}, "kept": keep, "end": {s: last for s in keep}}
+    noisy = {name: there("train/acc_noisy", e) for name, e in epochs.items()}
+    true = {name: there("train/acc_noisy_true", e) for name, e in epochs.items()}
+    first, firsts = compare(f"at epoch {num(start)}, accuracy on the unchanged labels", "that on the wrong ones",
+                            diff(there("train/acc_clean", epochs["start"]), noisy["start"]))
+    later, laters = compare(f"at epoch {num(last)}, accuracy on the wrong labels", f"its value at epoch {num(start)}",
+                            diff(noisy["end"], noisy["start"]))
+    above = {s: v - chance for s, v in noisy["kept"].items()}
+    kept, ok = compare("at the weights early stopping keeps, accuracy on the wrong labels", "chance", above)
+    for sentence, resolved_ in ((first, firsts), (later, laters), (kept, ok)):
+        rep.finding("2e", sentence[0].upper() + sentence[1:], resolved_)
+    val, _ = compare(f"validation accuracy at epoch {num(last)}", "that at the kept weights",
+                     diff(there("val/acc", epochs["end"]), there("val/acc", keep)))
+    rise = first_above(at["train/acc_noisy"], chance)
+    stopped = [s for s, (stop, _) in stops.items() if stop is not None]
+    full = sum(v == 1 for v in noisy["end"].values())
+    rep.text("memorisation_answer", (
+        f"Chance on the relabelled images is {fmt(chance, 2)} (one class in {num(round(1 / chance))}). Their accuracy "
+        f"against the wrong labels is {mean_of(noisy['start'])} at epoch {num(start)} and "
+        + (f"first lies above chance (its 95% interval wholly above {fmt(chance, 2)}) at epoch {num(rise)}, at or "
+           "before the epoch whose weights early stopping keeps in "
+           f"{seeds(sum(k >= rise for k in keep.values()), len(keep))}" if rise is not None
+           else "never lies above chance (its 95% interval wholly above it)")
+        + f". Early stopping stops {seeds(len(stopped), len(runs))} within the {num(last)} epochs and keeps the "
+        f"weights of epoch {listing(num(keep[s]) for s in sorted(keep))} (seeds "
+        f"{listing(num(s) for s in sorted(keep))}). There the wrong labels are matched at {mean_of(noisy['kept'])} "
+        f"and the relabelled images' true class at {mean_of(true['kept'])}: "
+        f"{compare('the accuracy on the wrong labels', 'chance', above)[0]}. At epoch {num(last)} the wrong labels "
+        f"are matched at {mean_of(noisy['end'])} ({seeds(full, len(runs))} match every one) and the true class at "
+        f"{mean_of(true['end'])}."), (
+        f"{first[0].upper() + first[1:]}; {later}"
+        + (". The network fits the clean pattern first and memorises the wrong labels later, as Arpit et al. (2017) "
+           "describe" if firsts and laters and "above" in first and "above" in later else "")
+        + f". Meanwhile {val}."))
+
+
 # ---------------------------------------------------------------- Q3: learning rate
 
 def rises(points):
@@ -1235,6 +1965,414 @@ def text_lr(rep, sweep, name, rows, lrs, curves):
         f"Chance is a train loss of ln {classes} = {chance_loss:.2f} and a validation accuracy of "
         f"{chance_acc:.2f}. Each lr's regime, by the rules of `lr_regime` (report.py):"), "\n".join(bullets), (
         f"Within noise of the best validation accuracy (lr {num(best)}): lr {listing(near) or 'none'}. " + adam))
+
+
+# ---------------------------------------------------------------- Q3: the edges of the usable band
+
+TRAINS = 0.9  # val/acc_final an lr must reach in every seed to count as training (chance is 0.1)
+AT_BOUND = math.sqrt(2)  # "at the bound": within this factor of it, nearer it than the bound of either grid neighbour
+FLAT = 0.01  # |top eigenvalue| below this: a flat loss, not a stable one (no run that trains goes below 0.5)
+AGREE = 0.1  # two loss curves agree when their gap's 95% interval lies within this share of the loss's fall
+
+
+def every(n):
+    """every(1) 'every', every(2) 'every second', every(5) 'every 5th'."""
+    return "every" + {1: "", 2: " second", 3: " third"}.get(n, f" {num(n)}th")
+
+
+def stability_bound(lr, momentum):
+    """The largest sharpness at which SGD with heavy-ball momentum (PyTorch's form) is stable on a quadratic:
+    2 (1 + momentum) / lr."""
+    return 2 * (1 + momentum) / lr
+
+
+def sharpness_points(history, run_id):
+    """One run's (update, sharpness/top_eig) at the points where it was measured, NaN and inf kept."""
+    return [(h["update"], h["sharpness/top_eig"]) for h in history
+            if h["run_id"] == run_id and isinstance(h.get("sharpness/top_eig"), (int, float))]
+
+
+def against_bound(points, bound):
+    """A run's sharpness against the bound -> {largest, last, above: share of the measurements above the bound (an
+    inf counts, a NaN is not a measurement), late: median ratio to the bound over the second half of them,
+    nonfinite: how many were NaN or inf, flat: how many were within FLAT of 0, measured}; None when nothing was
+    measured."""
+    measured = [v for _, v in points if not math.isnan(v)]
+    if not measured:
+        return None
+    return {"largest": max(measured), "peak": max(measured) / bound, "last": points[-1][1],
+            "above": sum(v > bound for v in measured) / len(measured),
+            "late": float(np.median(measured[len(measured) // 2:])) / bound,
+            "nonfinite": sum(not math.isfinite(v) for _, v in points), "flat": sum(abs(v) < FLAT for v in measured),
+            "measured": len(measured)}
+
+
+def sharpness_regime(stats, trains_):
+    """Seeds' against_bound() of one lr -> (what its sharpness does, in words, whether every seed agrees). Each
+    seed's second half (median ratio to the bound) is above, at (within a factor AT_BOUND) or below the bound, and
+    its peak reaches the bound or not (within AT_BOUND): the words need every seed to agree."""
+    n = len(stats)
+    late = ["above" if a["late"] > AT_BOUND else "below" if a["late"] < 1 / AT_BOUND else "at" for a in stats]
+    peaks = sum(a["peak"] >= 1 / AT_BOUND for a in stats)
+    if late.count("below") == n:
+        if peaks == n:
+            return (f"reaches the bound and then, over its second half, sits below it in {seeds(n, n)}" + (
+                ": cut back once it reaches the bound, as in the catapult (Lewkowycz et al. 2020), rather than "
+                "hovering at it (the edge of stability, Cohen et al. 2021)" if trains_ else ", yet the run does not "
+                "train")), True
+        if peaks == 0:
+            return f"stays below the bound in {seeds(n, n)}: stable, as classical theory has it", True
+        return f"ends below the bound in {seeds(n, n)}, after reaching it in {seeds(peaks, n)}", False
+    if late.count("at") == n:
+        return f"hovers at the bound in {seeds(n, n)}: the edge of stability (Cohen et al. 2021)", True
+    if late.count("above") == n:
+        return f"stays above the bound in {seeds(n, n)}" + (", while it trains" if trains_ else ""), True
+    return ("in its second half is " + listing(f"{w} the bound in {late.count(w)}" for w in ("below", "at", "above")
+                                               if late.count(w)) + f" of the {n} seeds"), False
+
+
+def trains(runs, threshold=TRAINS):
+    """Whether an lr trains: every run ended on purpose (none diverged) with val/acc_final >= threshold."""
+    return bool(runs) and all(r["status"] in runfiles.COMPLETED and is_number(r.get("val/acc_final"))
+                              and r["val/acc_final"] >= threshold for r in runs)
+
+
+def band_edge(verdicts):
+    """{lr: trains} -> (the largest lr that trains with every smaller lr training too, the next lr: the first that
+    fails); None for either that does not exist."""
+    lrs = sorted(verdicts)
+    fails = [lr for lr in lrs if not verdicts[lr]]
+    first_fail = fails[0] if fails else None
+    good = [lr for lr in lrs if first_fail is None or lr < first_fail]
+    return (good[-1] if good else None), first_fail
+
+
+def section_edge(rep):
+    rows, history = rep.rows("lab1_edge"), rep.history("lab1_edge")
+    lrs = distinct(rows, "lr")
+    if not lrs:
+        return
+    momentum = one(rows, "momentum")
+    edge = {}  # lr -> {seed: against_bound(...)}
+    for lr in lrs:
+        bound = stability_bound(lr, momentum)
+        edge[lr] = {r["seed"]: a for r in where(rows, lr=lr)
+                    if (a := against_bound(sharpness_points(history, r["run_id"]), bound))}
+    head = ["lr", "2(1 + momentum)/lr", "runs", "diverged", "val/acc_final", f"seeds at val/acc ≥ {num(TRAINS)}",
+            "largest sharpness", "largest / bound", "last sharpness", "last / bound", "measurements above the bound",
+            "second half / bound (each run's median)", f"flat measurements (|λ| < {num(FLAT)})"]
+    table = []
+    for lr in lrs:
+        runs, got = where(rows, lr=lr), edge[lr].values()
+        bound = stability_bound(lr, momentum)
+        above = [(a["above"], len(sharpness_points(history, r["run_id"]))) for r in runs
+                 if (a := edge[lr].get(r["seed"]))]
+        table.append([f"{lr:g}", fmt(bound, 2), str(len(runs)), f"{len(where(runs, status='diverged'))}/{len(runs)}",
+                      fmt_ci(mean_ci(values(runs, "val/acc_final"))),
+                      f"{sum(trains([r]) for r in runs)}/{len(runs)}",
+                      fmt_summary([a["largest"] for a in got], 1), fmt_summary([a["largest"] / bound for a in got], 2),
+                      fmt_summary([a["last"] for a in got], 1), fmt_summary([a["last"] / bound for a in got], 2),
+                      pct(np.mean([s for s, _ in above])) if above else "n/a",
+                      fmt_summary([a["late"] for a in got], 2),
+                      f"{sum(a['flat'] for a in got)}/{sum(a['measured'] for a in got)}"])
+    rep.table("edge", head, table)
+    figure_edge(rep, rows, history, lrs, momentum)
+    text_edge(rep, rows, lrs, edge, momentum)
+
+
+def figure_edge(rep, rows, history, lrs, momentum):
+    """A panel per lr: each seed's sharpness per update on one log axis for all, its bound dashed; flat and
+    non-finite measurements as markers on the edges. The last panel: val/acc_final per lr."""
+    cols = 3
+    fig, axes = new_figure(math.ceil((len(lrs) + 1) / cols), cols, (13, 3.2 * math.ceil((len(lrs) + 1) / cols)))
+    ys = [v for r in rows for _, v in sharpness_points(history, r["run_id"]) if is_number(v) and v >= FLAT]
+    ys += [stability_bound(lr, momentum) for lr in lrs]
+    for ax, lr in zip(axes, lrs, strict=False):
+        runs, bound = where(rows, lr=lr), stability_bound(lr, momentum)
+        points = [sharpness_points(history, r["run_id"]) for r in runs]
+        series = f"lr {lr:g}: sharpness/top_eig"
+        seed_curves(ax, [[(u, v) for u, v in p if is_number(v) and v >= FLAT] for p in points], "tab:blue", series,
+                    "sharpness, one line per seed", log=True)
+        for u, v in (x for p in points for x in p if not (is_number(x[1]) and x[1] >= FLAT)):
+            if is_number(v):  # no place on a log axis: the bottom edge
+                ax.plot([u], [0], marker="v", ls="none", color="tab:orange", clip_on=False,
+                        transform=ax.get_xaxis_transform(), label=f"flat: below {num(FLAT)} or negative (bottom edge)")
+                record(ax, series, u, v)
+            else:
+                off_scale(ax, u, v, "tab:orange", series, "sharpness not finite, at that update")
+        for r in where(runs, status="diverged"):
+            off_scale(ax, r.get("stop/step", math.nan), math.nan, "tab:red", f"lr {lr:g}: train/loss",
+                      "loss became NaN (diverged), at that update")
+        ax.axhline(bound, color="black", ls="--", lw=1, label="2(1 + momentum)/lr")
+        record(ax, f"lr {lr:g}: 2(1 + momentum)/lr", None, bound)
+        ax.set_yscale("log")
+        ax.set_ylim(min(ys) / 2, max(ys) * 2)
+        ax.set(xlabel="update (optimizer step)", ylabel="top Hessian eigenvalue",
+               title=f"lr {lr:g}: {sum(trains([r]) for r in runs)} of {len(runs)} seeds at val/acc ≥ {num(TRAINS)}")
+    acc = axes[len(lrs)]
+    colors = plt.cm.viridis(np.linspace(0, 0.92, len(lrs)))
+    for lr, color in zip(lrs, colors, strict=True):
+        seeds_ci(acc, lr, [r.get("val/acc_final", math.nan) if r["status"] in runfiles.COMPLETED else math.nan
+                           for r in where(rows, lr=lr)], color, f"lr {lr:g}: val/acc_final",
+                 meaning="diverged (NaN loss)")
+    acc.axhline(TRAINS, color="black", ls=":", lw=1, label=f"trains: val/acc ≥ {num(TRAINS)} in every seed")
+    record(acc, "threshold of training", None, TRAINS)
+    lr_axis(acc, lrs)
+    acc.set_ylim(0, 1.02)
+    acc.set(xlabel="lr", ylabel="val accuracy at the end", title=f"val/acc_final, {design(rows, 'epochs')}")
+    legend(acc, fontsize=7, loc="lower left")
+    for ax in axes[len(lrs) + 1:]:
+        ax.axis("off")
+    for ax in axes:
+        ax.title.set_fontsize(9)
+    merged = {}  # one legend for the lr panels: every kind of mark any of them has
+    for ax in axes[:len(lrs)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            merged.setdefault(label, handle)
+    fig.legend(merged.values(), merged.keys(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.bottom = (math.ceil(len(merged) / 3) * 11 + 6) / (72 * fig.get_figheight())
+    rep.save(fig, "edge")
+
+
+def text_edge(rep, rows, lrs, edge, momentum):
+    runs = {lr: where(rows, lr=lr) for lr in lrs}
+    verdicts = {lr: trains(runs[lr]) for lr in lrs}
+    good, bad = band_edge(verdicts)
+    finals = {lr: by_seed(runs[lr], "val/acc_final") for lr in lrs}
+    rep.text("edge_design", (
+        f"`lab1_edge`: {design(rows, 'optimizer', 'momentum', 'weight_decay', 'scheduler', 'lr', B, 'epochs', 'seed')}"
+        f", {design(rows, 'evals_per_epoch')}. The sharpness, the top eigenvalue of the training loss's Hessian, is "
+        f"measured at {every(only(rows, 'sharpness_every'))} evaluation point and at the last update, by power "
+        f"iteration (at most {num(only(rows, 'sharpness_iters'))} Hessian-vector products) on "
+        f"{num(only(rows, 'sharpness_samples'))} fixed training images as one batch in train mode. Its stability bound "
+        f"for momentum {num(momentum)} is 2(1 + {num(momentum)})/lr: "
+        f"{listing(f'{fmt(stability_bound(lr, momentum), 2)} at lr {num(lr)}' for lr in (lrs[0], lrs[-1]))}."))
+    if good is None:
+        band = f"no lr of the grid trains (val/acc ≥ {num(TRAINS)} in every seed)"
+    else:
+        band = (f"the largest lr that trains (val/acc_final ≥ {num(TRAINS)} in every seed, no run diverged, every "
+                f"smaller lr training too) is {num(good)} ({mean_of(finals[good])})")
+        if bad is not None:
+            fails = where(runs[bad], status="diverged")
+            low = [r for r in completed(runs[bad]) if not trains([r])]
+            sentence, ok = compare(f"lr {num(bad)}", f"lr {num(good)}", diff(finals[bad], finals[good]))
+            band += (f", and the first that fails is {num(bad)}: {seeds(len(low), len(runs[bad]), 'runs')} below "
+                     f"{num(TRAINS)}" + (f" and {len(fails)} diverged" if fails else "") + f"; {sentence}")
+            rep.finding("3a", f"In `lab1_edge`, by the threshold the usable lr band ends between lr {num(good)} and "
+                              f"lr {num(bad)}; by comparison, {sentence}", ok)
+        dead = [lr for lr in lrs if bad is not None and lr >= bad and not any(trains([r]) for r in runs[lr])]
+        if dead and dead[0] != bad:  # the band's edge lies between good and the first lr that fails in every seed
+            sentence, ok = compare(f"lr {num(dead[0])}", f"lr {num(good)}", diff(finals[dead[0]], finals[good]))
+            band += (f". The first lr that fails in every seed is {num(dead[0])} ({mean_of(finals[dead[0]])}): "
+                     f"{sentence}")
+            rep.finding("3a", f"In `lab1_edge`, the first lr that fails in every seed is {num(dead[0])}: {sentence}",
+                        ok)
+        again = [num(lr) for lr in lrs if bad is not None and lr > bad and verdicts[lr]]
+        band += f" (yet lr {listing(again)} trains again)" if again else ""
+    bullets = []
+    for lr in lrs:
+        got = edge[lr]
+        if not got:
+            continue
+        bound = stability_bound(lr, momentum)
+        word, agree = sharpness_regime(list(got.values()), verdicts[lr])
+        drop = sum(a["last"] < bound for a in got.values())
+        flat = sum(a["flat"] for a in got.values())
+        bullets.append(
+            f"- **lr {num(lr)}** (bound {fmt(bound, 2)}, {'trains' if verdicts[lr] else 'fails'}): the sharpness "
+            f"{word}. It peaks at {fmt_summary([a['peak'] for a in got.values()], 2, n=False)} times the bound, with "
+            f"{pct(np.mean([a['above'] for a in got.values()]))} of the measurements above it; over the second half "
+            f"of training it is {fmt_summary([a['late'] for a in got.values()], 2, n=False)} times the bound (each "
+            f"run's median over it), and the last measurement is below the bound in "
+            f"{seeds(drop, len(got))}" + (f". Of its {sum(a['measured'] for a in got.values())} measurements, {flat} "
+                                           f"are flat (|λ| < {num(FLAT)}): below the bound because the loss no longer "
+                                           "curves, not because training is stable" if flat else "") + ".")
+        if lr in (good, bad):
+            rep.finding("3a", f"At lr {num(lr)} ({'trains' if verdicts[lr] else 'fails'}), the sharpness {word}",
+                        agree)
+    rep.text("edge_answer", f"In `lab1_edge`, {band}.",
+             "Where each lr's sharpness sits against its bound. A run's peak *reaches* the bound, and the median of "
+             "its second half of measurements is *at* the bound, when within a factor "
+             f"{fmt(AT_BOUND, 2)} of it (halfway, on a log scale, to a neighbouring lr's bound); the words need every "
+             "seed to agree:",
+             "\n".join(bullets))
+
+
+def momentum_steps(updates, momentum):
+    """Plain steps that `updates` steps of heavy-ball momentum (PyTorch's form) move the weights under a constant
+    gradient, over 1/(1 - momentum): updates - momentum (1 - momentum^updates) / (1 - momentum). The buffer takes
+    about momentum / (1 - momentum) updates to build up, a lag that lr × updates leaves in."""
+    return updates - momentum * (1 - momentum ** updates) / (1 - momentum) if momentum else updates
+
+
+def lr_time(history, run_id, lr, metric, middle=False, momentum=0.0):
+    """One run's (lr × updates, metric) points, the updates as momentum_steps counts them: gradient flow's time, in
+    which small steps of any lr trace one curve. With middle, each point sits at the middle of its interval, as
+    train/loss is the mean over it."""
+    points, before = [], 0
+    for h in (h for h in history if h["run_id"] == run_id):
+        if is_number(h.get(metric)):
+            steps = [momentum_steps(u, momentum) for u in (before, h["update"])]
+            points.append((lr * (sum(steps) / 2 if middle else steps[1]), h[metric]))
+        before = h["update"]
+    return points
+
+
+def gap(slow, fast):
+    """Two curves of (x, y) points, x increasing -> [(x, slow's y - fast's y)] at slow's points within the range
+    both cover, fast's value there interpolated linearly between its points."""
+    if not slow or not fast:
+        return []
+    low, high = max(slow[0][0], fast[0][0]), min(slow[-1][0], fast[-1][0])
+    xs, ys = zip(*fast, strict=True)
+    return [(x, y - float(np.interp(x, xs, ys))) for x, y in slow if low <= x <= high]
+
+
+def agreement(gaps, fall):
+    """Per-seed mean gaps between two curves and the loss's fall over their common range -> the verdict by rule:
+    'agree' when the gap's 95% interval lies within ±AGREE × fall, else 'differ' when it excludes 0, else 'not
+    resolved'."""
+    mean, half, n = mean_ci(gaps)
+    if n < 2 or half is None:
+        return "not resolved"
+    if abs(mean) + half <= AGREE * abs(fall):
+        return "agree"
+    return "differ" if abs(mean) > half else "not resolved"
+
+
+TIMES_SLOW = ("lr × updates", "lr × momentum-corrected updates")  # the two times 3b compares curves in
+
+
+def slow_curves(rep):
+    """lab1_lr_slow's runs, the lab1_lr runs at the next lr of its grid (the reference), their momentum, and each
+    seed's curves of train/loss (at interval middles) and val/acc in both TIMES_SLOW:
+    {time: {metric: {seed: (slow points, reference points)}}}."""
+    rows, history = rep.rows("lab1_lr_slow"), rep.history("lab1_lr_slow")
+    grid, grid_history = rep.rows("lab1_lr"), rep.history("lab1_lr")
+    lr = one(rows, "lr")
+    faster = [x for x in distinct(grid, "lr") if x > lr]
+    ref_lr = faster[0] if faster else None
+    ref = completed(where(grid, lr=ref_lr))
+    momentum = one(rows + ref, "momentum") if any("momentum" in r for r in rows + ref) else 0.0
+    curves = {time: {} for time in TIMES_SLOW}
+    for time, m in zip(TIMES_SLOW, (0.0, momentum), strict=True):
+        for metric, middle in (("train/loss", True), ("val/acc", False)):
+            fast = {r["seed"]: lr_time(grid_history, r["run_id"], ref_lr, metric, middle, m) for r in ref}
+            curves[time][metric] = {r["seed"]: (lr_time(history, r["run_id"], lr, metric, middle, m), fast[r["seed"]])
+                                    for r in completed(rows) if r["seed"] in fast}
+    return rows, lr, ref, ref_lr, momentum, curves
+
+
+def section_lr_slow(rep):
+    rows, lr, ref, ref_lr, momentum, curves = slow_curves(rep)
+    if not rows:
+        return
+    head = ["run", "lr", "epochs", "updates", "lr × updates at the end", "train/loss at the end",
+            "val/acc at the end", f"seeds at val/acc ≥ {num(TRAINS)}"]
+    table = [[f"`{sweep}`", num(x), fmt_key(only(runs, "epochs")), fmt_key(only(runs, "update")),
+              fmt(x * only(runs, "update"), 4) if only(runs, "update") else "n/a",
+              fmt_ci(mean_ci(values(runs, "train/loss"))), fmt_ci(mean_ci(values(runs, "val/acc_final"))),
+              f"{sum(trains([r]) for r in runs)}/{len(runs)}"]
+             for sweep, x, runs in (("lab1_lr_slow", lr, rows), ("lab1_lr", ref_lr, ref)) if runs]
+    rep.table("lr_slow", head, table)
+    figure_lr_slow(rep, lr, ref_lr, momentum, curves)
+    text_lr_slow(rep, rows, lr, ref, ref_lr, momentum, curves)
+
+
+def figure_lr_slow(rep, lr, ref_lr, momentum, curves):
+    fig, axes = new_figure(2, 2, (12, 8))
+    for row, time in enumerate(TIMES_SLOW):
+        for ax, metric in zip(axes[2 * row:], ("train/loss", "val/acc"), strict=False):
+            pairs = curves[time][metric].values()
+            for i, (name, color) in enumerate(((f"lr {num(lr)}", "tab:orange"), (f"lr {num(ref_lr)}", "tab:blue"))):
+                seed_curves(ax, [p[i] for p in pairs], color, f"{name}: {metric}", f"{name}, one line per seed")
+            common = [x for slow, fast in pairs for x, _ in gap(slow, fast)]
+            if common:
+                ax.axvspan(min(common), max(common), color="gray", alpha=0.12, lw=0,
+                           label=f"range both cover (compared at lr {num(lr)}'s points)")
+                record(ax, "range compared", min(common), None, min(common), max(common))
+            log_ticks(ax, [x for p in pairs for c in p for x, _ in c])
+            ax.set(xlabel=time if row == 0 else f"lr × (updates − m(1 − m^updates)/(1 − m)), m = {num(momentum)}",
+                   ylabel=metric + (" (interval mean, at its middle)" if metric == "train/loss" else ""),
+                   title=f"{metric} against {time}: only slow if the curves agree")
+            ax.set_ylim(*((0, 1.02) if metric == "val/acc" else ax.get_ylim()))
+            ax.title.set_fontsize(9)
+            legend(ax, fontsize=7)
+    rep.save(fig, "lr_slow")
+
+
+def log_ticks(ax, xs):
+    """A log x axis ticked at 1, 2 and 5 times powers of 10 where the values span a decade or more."""
+    if spans(xs, AXIS_SPAN):
+        ax.set_xscale("log")
+        ticks = [m * 10.0 ** k for k in range(-6, 3) for m in (1, 2, 5) if min(xs) <= m * 10.0 ** k <= max(xs)]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+
+
+def mean_gaps(pairs):
+    """{seed: (slow curve, reference curve)} -> ({seed: mean gap over the common range}, its lowest x, highest x,
+    the reference's mean fall over it)."""
+    per_seed = {s: gap(*c) for s, c in pairs.items()}
+    gaps = {s: float(np.mean([d for _, d in g])) for s, g in per_seed.items() if g}
+    xs = [x for g in per_seed.values() for x, _ in g]
+    if not xs:
+        return gaps, math.nan, math.nan, math.nan
+    low, high = min(xs), max(xs)
+    fall = float(np.mean([np.interp(low, *zip(*fast, strict=True)) - np.interp(high, *zip(*fast, strict=True))
+                          for _, fast in pairs.values()]))
+    return gaps, low, high, fall
+
+
+def text_lr_slow(rep, rows, lr, ref, ref_lr, momentum, curves):
+    rep.text("lr_slow_design", (
+        f"`lab1_lr_slow`: "
+        f"{design(rows, 'optimizer', 'momentum', 'weight_decay', 'scheduler', 'lr', B, 'epochs', 'seed')}, evaluated "
+        f"at the end of each epoch: {num(only(rows, 'update'))} updates, against the "
+        f"{num(only(ref, 'update'))} of `lab1_lr`'s {num(only(ref, 'epochs'))}-epoch runs at lr {num(ref_lr)}, "
+        "compared at equal lr × updates, plain and momentum-corrected."))
+    raw, corrected = TIMES_SLOW
+    if ref_lr is None or not curves[raw]["train/loss"]:
+        return
+    found = {}
+    for time in TIMES_SLOW:
+        gaps, low, high, fall = mean_gaps(curves[time]["train/loss"])
+        found[time] = (compare(f"lr {num(lr)}'s train loss", f"lr {num(ref_lr)}'s", gaps)[0],
+                       compare("its validation accuracy", f"lr {num(ref_lr)}'s",
+                               mean_gaps(curves[time]["val/acc"])[0])[0], low, high, fall,
+                       agreement(list(gaps.values()), fall))
+    meaning = {"agree": "the curves agree: lr {} is only slow, as gradient flow predicts for small steps",
+               "differ": "the curves differ by more than that: lr {} is not only slow",
+               "not resolved": "these seeds cannot tell whether lr {} is only slow"}
+    decisive = corrected if momentum else raw
+    loss, acc, low, high, fall, verdict = found[decisive]
+    lag = momentum / (1 - momentum) if momentum else 0
+    rule = (f"Over that range the train loss of lr {num(ref_lr)} falls by {fmt(fall)}; the rule (agree when the gap's "
+            f"95% interval lies within ±{pct(AGREE)} of that fall) says: {meaning[verdict].format(num(lr))}.")
+    rep.text("lr_slow_answer", (
+        f"Over the range of {raw} both cover ({fmt(found[raw][2], 4)} to {fmt(found[raw][3], 4)}; each lr {num(lr)} "
+        f"point against lr {num(ref_lr)}'s curve interpolated there), averaged over the points and paired by seed, "
+        f"{found[raw][0]}; {found[raw][1]}." + ("" if momentum else " " + rule)), (
+        f"But momentum {num(momentum)} builds its step up over about m/(1 − m) = {fmt(lag, 0)} updates, a lag of "
+        f"{fmt(lag * ref_lr, 4)} in lr × updates at lr {num(ref_lr)} and {fmt(lag * lr, 4)} at lr {num(lr)}. In "
+        f"{corrected} (the distance a constant gradient carries the weights, `momentum_steps` in report.py), from "
+        f"{fmt(low, 4)} to {fmt(high, 4)}, {loss}; {acc}. {rule}" if momentum else ""),
+        useful_accuracy(rep, rows, lr))
+    rep.finding("3b", f"In {decisive} from {fmt(low, 4)} to {fmt(high, 4)}, {loss}: "
+                      f"{meaning[verdict].format(num(lr))}", verdict != "not resolved")
+
+
+def useful_accuracy(rep, rows, lr):
+    """Whether the slow lr reaches a useful accuracy: against TRAINS and against lab1_lr's best lr, in words."""
+    finals, grid = by_seed(rows, "val/acc_final"), rep.rows("lab1_lr")
+    whole = [x for x in distinct(grid, "lr") if len(completed(where(grid, lr=x))) == len(where(grid, lr=x))]
+    best = max(whole, key=lambda x: np.mean(values(where(grid, lr=x), "val/acc_final")))
+    useful, _ = compare(f"lr {num(lr)} after {num(only(rows, 'epochs'))} epochs", f"`lab1_lr`'s best lr ({num(best)}) "
+                        f"after {num(only(where(grid, lr=best), 'epochs'))}",
+                        diff(finals, by_seed(where(grid, lr=best), "val/acc_final")))
+    return (f"After {num(only(rows, 'epochs'))} epochs lr {num(lr)} reaches a validation accuracy of "
+            f"{mean_of(finals)}, at least {num(TRAINS)} in {seeds(sum(trains([r]) for r in rows), len(rows))}; "
+            f"{useful}.")
 
 
 # ---------------------------------------------------------------- Q4: learning rate and batch size
@@ -1620,6 +2758,182 @@ def text_time_to_result(rep, st, fast):
         f"{fmt(np.mean(values(fast[small][2], 'target/updates')), 1)}, but each costs more (1b)."))
 
 
+# ---------------------------------------------------------------- Q1: time to a result (1d)
+
+TIME_SWEEPS = ("lab1_time_to_result", "lab1_time_to_result_large")  # one run at a time, num_threads fixed
+TIME_TARGETS = (0.95, 0.97, 0.98)  # val/acc targets read from each run's history
+
+
+def readable(rows, wanted):
+    """The targets of wanted that every run's history can say, none above the lowest target the runs were given
+    (where --stop_at_target ends them), and that target itself: a sweep run at another target labels itself with
+    its own."""
+    top = min(distinct(rows, "target_val_acc"), default=max(wanted))
+    return tuple(sorted({t for t in wanted if t <= top} | {top}))
+
+
+def reached(rows, history, target):
+    """run_id -> the history row of the run's first evaluation with val/acc >= target, or None where the run ended
+    without reaching it (its time to the target is then infinite). Runs that ended on purpose or diverged; a run
+    that stopped at a lower target is left out: its history ends before it could say."""
+    points = {}
+    for h in history:
+        if is_number(h.get("val/acc")):
+            points.setdefault(h["run_id"], []).append(h)
+    out = {}
+    for r in rows:
+        if r["status"] not in (*runfiles.COMPLETED, runfiles.DIVERGED) or (
+                r["status"] == runfiles.REACHED_TARGET and r.get("target_val_acc", math.inf) < target - 1e-9):
+            continue
+        first = [h for h in sorted(points.get(r["run_id"], []), key=lambda h: h["update"]) if h["val/acc"] >= target]
+        out[r["run_id"]] = first[0] if first else None
+    return out
+
+
+def to_target(rows, history, target, metric):
+    """{batch: {seed: metric at the first evaluation at or above target}}, infinite for a run that never got
+    there."""
+    first = reached(rows, history, target)
+    out = {}
+    for r in rows:
+        if r["run_id"] in first:
+            point = first[r["run_id"]]
+            out.setdefault(r[B], {})[r["seed"]] = point[metric] if point else math.inf
+    return out
+
+
+def success(xs):
+    """'k/n': how many of the values are finite (runs that reached the target)."""
+    xs = list(xs)
+    return f"{sum(map(math.isfinite, xs))}/{len(xs)}"
+
+
+def fmt_median(xs, digits=1):
+    """Median [lowest, highest] (n), infinite values (runs that never reached the target) included as ∞."""
+    xs = sorted(xs)
+    if not xs:
+        return "n/a (n=0)"
+    return f"{fmt(float(np.median(xs)), digits)} [{fmt(xs[0], digits)}, {fmt(xs[-1], digits)}] (n={len(xs)})"
+
+
+def median(xs):
+    return float(np.median(list(xs))) if xs else math.nan
+
+
+def compare_to_target(a, b, da, db, more="slower than", less="faster than", digits=2, units=" s",
+                      later="later than"):
+    """compare() of per-seed values to a target ({seed: value} each), a - b; where a run never got there its seed
+    has no finite difference, so the sentence counts the seeds in which a is `later` instead, and resolves
+    nothing."""
+    pairs = [(da[s], db[s]) for s in sorted(da.keys() & db.keys())]
+    if all(map(math.isfinite, (v for p in pairs for v in p))):
+        return compare(a, b, {i: x - y for i, (x, y) in enumerate(pairs)}, more, less, digits, units=units)
+    never = (sum(not math.isfinite(x) for x, _ in pairs), sum(not math.isfinite(y) for _, y in pairs))
+    count = sum(x > y for x, y in pairs)
+    return (f"{a} is {later} {b} in {seeds(count, len(pairs))} ({a} never gets there in {never[0]} and {b} in "
+            f"{never[1]} of them: no interval with an infinite value)"), False
+
+
+def section_time_to_result(rep):
+    rows, history = rep.rows(*TIME_SWEEPS), rep.history(*TIME_SWEEPS)
+    batches = distinct(completed(rows), B)
+    if not batches:
+        return
+    targets = readable(rows, TIME_TARGETS)
+    got = {(t, m): to_target(rows, history, t, m) for t in targets for m in ("time/train_s", "examples",
+                                                                                  "update")}
+    head = [B, "lr"] + [f"{t:g}: {part}" for t in targets for part in (
+        "reached", "seconds, median [range]", "examples, median [range]")]
+    rep.table("time_to_targets", head, [
+        [fmt_key(b), said(where(rows, **{B: b}), "lr")] + [
+            cell for t in targets for cell in (
+                success(got[t, "time/train_s"].get(b, {}).values()),
+                fmt_median(got[t, "time/train_s"].get(b, {}).values(), 2),
+                fmt_median(got[t, "examples"].get(b, {}).values(), 0))] for b in batches])
+    figure_time_to_result(rep, rows, got, batches, targets)
+    text_time_to_targets(rep, rows, got, batches, targets)
+
+
+def figure_time_to_result(rep, rows, got, batches, targets):
+    """Seconds (top) and examples (bottom) to each target against the batch, log-log: each seed, a run that never
+    got there on the top edge, the geometric mean with its 95% interval where every run got there."""
+    fig, axes = new_figure(2, len(targets), (5 * len(targets), 7.5))
+    for col, t in enumerate(targets):
+        for row, (metric, ylabel) in enumerate((("time/train_s", "seconds of training (time/train_s)"),
+                                                ("examples", "examples (images trained)"))):
+            ax = axes[row * len(targets) + col]
+            per_batch = got[t, metric]
+            means = [seeds_ci(ax, b, per_batch.get(b, {}).values(), "tab:blue", f"batch {fmt_key(b)}", log=True,
+                              meaning="never reached the target", label=once(ax, "geometric mean, 95% interval"),
+                              who="each seed") for b in batches]
+            ax.plot(batches, means, color="tab:blue", lw=1)
+            medians = [(b, median(per_batch[b].values())) for b in batches if b in per_batch]
+            medians = [(b, m) for b, m in medians if math.isfinite(m)]
+            if medians:
+                line(ax, *zip(*medians, strict=True), "k--", "median (a run that never got there at ∞)", lw=0.8)
+            batch_axis(ax, batches)
+            log_y(ax)
+            ax.set(xlabel="batch size (images)", ylabel=ylabel, title=f"to val/acc {t:g}")
+            ax.title.set_fontsize(9)
+            legend(ax, fontsize=7)
+    fig.suptitle(f"{design(rows, 'optimizer', 'scheduler')} at the lr of 1d's table, {len(distinct(rows, 'seed'))} "
+                 f"seeds; {listing(distinct(rows, 'device'))}, one run at a time", fontsize=9)
+    rep.save(fig, "time_to_targets")
+
+
+def text_time_to_targets(rep, rows, got, batches, targets):
+    small, big = batches[0], batches[-1]
+    parts = [f"`{s}` ({design(rep.rows(s), B, grid_key(rep.rows(s)), 'epochs')})" for s in TIME_SWEEPS
+             if rep.rows(s)]
+    size = only(rows, "lr_base_size")
+    rep.text("time_to_targets_design", (
+        f"{listing(parts)}: {design(rows, 'optimizer', 'momentum', 'scheduler', 'seed')}, each batch size at an "
+        "lr read from 4a's fitted optima, as the sweep files' comments explain"
+        + (f" (lr_base is the lr at {num(size)} images: lr = lr_base × B/{num(size)})" if size and any(
+            "lr_base" in r for r in rows) else "")
+        + f". Each run is evaluated with precise BN {said(rows, 'evals_per_epoch')} times an epoch and stops at the "
+        f"first evaluation with val/acc ≥ {said(rows, 'target_val_acc')} or when its epochs run out. For each "
+        f"target ({numbers(targets)}) a run's time is `time/train_s` at its first evaluation at or above it: "
+        "seconds of training steps only (no evaluation, precise BN or start-up), so it moves in steps of one "
+        "evaluation interval; its examples are the images trained by then. A run that never gets there counts, "
+        "as an infinite time: the table gives the share that got there and medians with ∞ included. Machine: "
+        f"{listing(f'`{d}`' for d in distinct(rows, 'device'))} (`device`), runs one at a time (sweep.py), "
+        f"torch at num_threads {said(rows, 'num_threads')}."))
+    paragraphs = []
+    for t in targets:
+        secs, examples = got[t, "time/train_s"], got[t, "examples"]
+        medians = {b: median(secs.get(b, {}).values()) for b in batches}
+        first = min(batches, key=lambda b: (medians[b], b))
+        if not math.isfinite(medians[first]):
+            paragraphs.append(f"To {num(t)}: no batch size gets there in half its runs.")
+            continue
+        ends = [compare_to_target(f"batch {num(b)}", f"batch {num(first)}", secs[b], secs[first])
+                for b in (small, big) if b != first]
+        span, ok = compare_to_target(f"batch {num(big)}", f"batch {num(small)}", secs[big], secs[small])
+        rep.finding("1d", f"In seconds of training to val/acc {num(t)}, {span}", ok)
+        for sentence, ok in ends:
+            rep.finding("1d", f"In seconds of training to val/acc {num(t)}, {sentence}", ok)
+        ex = {b: median(examples.get(b, {}).values()) for b in batches}
+        pairs = list(zip(batches, batches[1:], strict=False))
+        steps = [compare_to_target(f"batch {num(b)}", f"batch {num(a)}", examples[b], examples[a], "above",
+                                   "below", 0, "", "above") for a, b in pairs]
+        up = [f"{num(a)} to {num(b)}" for (a, b), (sentence, ok) in zip(pairs, steps, strict=True)
+              if ok and " above " in sentence]
+        more, ok = compare_to_target(f"batch {num(big)}", f"batch {num(small)}", examples[big], examples[small],
+                                     "above", "below", 0, " examples", "above")
+        rep.finding("1d", f"In examples to val/acc {num(t)}, {more}", ok)
+        paragraphs.append(
+            f"To {num(t)}: batch {num(first)} has the lowest median time (median {fmt(medians[first], 2)} s, "
+            f"{success(secs[first].values())} runs got there); {listing(s for s, _ in ends)}. Between the ends of "
+            f"the range, {span}. Median examples to {num(t)} are "
+            + ", ".join(f"{fmt(ex[b], 0)}" for b in batches) + f" at batch {numbers(batches)}; {more}. Between "
+            f"neighbouring sizes, paired by seed, they rise beyond noise in {len(up)} of the {len(steps)} steps"
+            + (f" ({listing(up)})." if up else "."))
+    rep.text("time_to_targets_answer", *paragraphs)
+
+
+# ---------------------------------------------------------------- Q4, continued: the lr scaling rules
+
 def text_rules(rep, st, cis, slope_share, residuals):
     batches, key, boot = list(st.per_batch), st.key, st.boot
     opt = {b: st.per_batch[b][0] for b in batches}
@@ -1821,6 +3135,419 @@ def text_noise_scale(rep, rows, pooled, epochs, b_crit, st):
         f"B/N = {pct(g / one(rows, 'train_size'))} here."))
 
 
+# ---------------------------------------------------------------- Q4 in factors of 2, at three targets (4e)
+
+STEPS_POW2 = (*STEPS, "lab1_steps_pow2", "lab1_steps_pow2_large")  # one grid per batch size, compared in lr
+STEP_TARGETS = (0.9, 0.95, 0.97)  # val/acc targets read from each run's history (readable())
+
+
+def lr_of(row):
+    """The lr a run trained with, to 4 significant figures, so that a grid in lr_base and one in lr meet in one
+    cell where they hold the same lr (lr_base 0.14 at batch 128 and lr 0.07)."""
+    return float(f"{row['lr']:.4g}")
+
+
+def target_runs(rows, history, targets):
+    """{batch: {lr: {seed: (updates to each target)}}}: a run that never got there counts as infinitely many
+    updates (not dropped); a run whose history cannot say for every target (it stopped at a lower one) is left
+    out."""
+    firsts = [reached(rows, history, t) for t in targets]
+    cells = {}
+    for r in rows:
+        if all(r["run_id"] in f for f in firsts):
+            cells.setdefault(r[B], {}).setdefault(lr_of(r), {})[r["seed"]] = tuple(
+                f[r["run_id"]]["update"] if f[r["run_id"]] else math.inf for f in firsts)
+    return cells
+
+
+def power_law(batches, lrs):
+    """log lr = log c + k log B by least squares -> (c, k, residual sum of squares in log lr)."""
+    x, y = np.log(batches), np.log(lrs)
+    k, log_c = np.polyfit(x, y, 1)
+    return float(math.exp(log_c)), float(k), float(np.sum((y - log_c - k * x) ** 2))
+
+
+def saturating(batches, lrs):
+    """lr = lr_max / (1 + B_noise/B) (McCandlish et al. 2018's ε_opt(B)) by least squares in log lr -> (lr_max,
+    B_noise, residual sum of squares). lr_max and B_noise are NaN where the fit runs to the edge of its bounds
+    (B_noise beyond a thousand times the batch sizes fitted: no saturation seen; below a thousandth: no rise)."""
+    bs, y = np.array(batches, float), np.log(lrs)
+
+    def residuals(p):
+        return p[0] - np.log1p(np.exp(p[1]) / bs) - y
+
+    def jacobian(p):  # d/d log lr_max, d/d log B_noise
+        share = np.exp(p[1]) / bs / (1 + np.exp(p[1]) / bs)
+        return np.stack([np.ones_like(bs), -share], axis=1)
+
+    low, high = math.log(bs.min() / 1e3), math.log(bs.max() * 1e3)
+    start = [float(y.max()) + math.log(2), math.log(float(np.median(bs)))]
+    fit = optimize.least_squares(residuals, x0=start, jac=jacobian, bounds=([-50, low], [50, high]))
+    rss = float(np.sum(fit.fun ** 2))
+    if not low + 0.01 < fit.x[1] < high - 0.01:
+        return math.nan, math.nan, rss
+    return float(math.exp(fit.x[0])), float(math.exp(fit.x[1])), rss
+
+
+def aic(rss, n, params=2):
+    """Akaike's criterion of a least-squares fit with Gaussian errors; lower is better."""
+    return n * math.log(max(rss, 1e-12) / n) + 2 * params
+
+
+class TargetFit(NamedTuple):
+    """One target's estimates from the pooled grid."""
+    per_batch: dict  # {batch: (lr* from the parabola in log lr, or NaN; fewest median updates)}
+    critical: tuple  # (S_min, B_crit)
+    fitted: tuple  # the batch sizes whose lr* both lr fits use
+    power: tuple  # (c, k, rss)
+    saturating: tuple  # (lr_max, B_noise, rss)
+    delta_aic: float  # AIC of the power law minus that of the saturating form: > 0 favours saturation
+
+
+def analyse_target(cells):
+    """{batch: {lr: {seed: updates}}} of one target -> TargetFit. Each cell's value is the median over its seeds
+    with a run that never got there at ∞; lr* is the vertex of a parabola in log lr through the finite medians
+    (best_lr); both lr fits use the batch sizes that have an lr*, NaN where fewer than 3 do."""
+    per_batch = {b: best_lr({lr: median(s.values()) for lr, s in sorted(lrs.items())})
+                 for b, lrs in sorted(cells.items())}
+    batches = list(per_batch)
+    critical = fit_critical_batch(batches, [s for _, s in per_batch.values()])
+    fitted = tuple(b for b in batches if math.isfinite(per_batch[b][0]))
+    nan3 = (math.nan,) * 3
+    if len(fitted) < 3:
+        return TargetFit(per_batch, critical, fitted, nan3, nan3, math.nan)
+    lrs = [per_batch[b][0] for b in fitted]
+    power, sat = power_law(fitted, lrs), saturating(fitted, lrs)
+    return TargetFit(per_batch, critical, fitted, power, sat, aic(power[2], len(fitted)) - aic(sat[2], len(fitted)))
+
+
+def analyse_targets(runs):
+    """{batch: {lr: {seed: (updates to each target)}}} -> [TargetFit for each target]."""
+    count = min(len(u) for lrs in runs.values() for s in lrs.values() for u in s.values())
+    return [analyse_target({b: {lr: {s: u[i] for s, u in seeds_.items()} for lr, seeds_ in lrs.items()}
+                            for b, lrs in runs.items()}) for i in range(count)]
+
+
+def bootstrap_targets(runs, reps=BOOTSTRAP):
+    """analyse_targets over resamples of each cell's runs (with replacement; a run keeps its updates to every
+    target); a fixed generator. In each resample the lr fits use the optima it has. -> list of its results."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(reps):
+        sample = {b: {lr: dict(enumerate(list(s.values())[i] for i in rng.integers(0, len(s), len(s))))
+                      for lr, s in lrs.items()} for b, lrs in runs.items()}
+        out.append(analyse_targets(sample))
+    return out
+
+
+class Pow2(NamedTuple):
+    """The six steps sweeps pooled, at each of its targets (computed once a report)."""
+    rows: list
+    targets: tuple  # STEP_TARGETS, as readable() from these runs
+    runs: dict
+    fits: list  # TargetFit per target
+    boot: list  # per resample, a TargetFit per target
+
+
+def pow2_analysis(rep):
+    if "pow2" not in rep.cache:
+        rows = rep.rows(*STEPS_POW2)
+        targets = readable(rows, STEP_TARGETS)
+        runs = target_runs(rows, rep.history(*STEPS_POW2), targets)
+        fits = analyse_targets(runs) if runs else None
+        rep.cache["pow2"] = Pow2(rows, targets, runs, fits, bootstrap_targets(runs, BOOTSTRAP // 2)) if runs else None
+    return rep.cache["pow2"]
+
+
+def boot_ci(p2, i, get):
+    """95% percentile interval of get(TargetFit) over the resamples, at target i."""
+    return percentile_interval([get(x[i]) for x in p2.boot])
+
+
+def noise_window(rep, target=None):
+    """B_simple pooled over each lab1_noise_scale run's evaluations up to its first at or above target (the
+    whole run where it never got there, or with no target), as pooled_b_simple -> (value, interval, {run: last
+    update})."""
+    rows, history = rep.rows("lab1_noise_scale"), rep.history("lab1_noise_scale")
+    points = [h for h in history if is_number(h.get("noise/trace_sigma")) and is_number(h.get("noise/grad_sq"))]
+    first = reached(rows, history, target) if target is not None else {r["run_id"]: None for r in completed(rows)}
+    runs = sorted({h["run_id"] for h in points} & first.keys())
+    if not runs:
+        return math.nan, (math.nan, math.nan), {}
+    until = {r: first[r]["update"] if first[r] else math.inf for r in runs}
+    value, interval = pooled_b_simple(points, runs, lambda h: h["update"] <= until.get(h["run_id"], -1))
+    return value, interval, until
+
+
+def fewest_updates(lrs):
+    """{lr: {seed: updates}} -> (the lrs whose median is the fewest, whether one of them is the grid's edge)."""
+    medians = {lr: median(s.values()) for lr, s in lrs.items()}
+    fewest = min(medians.values())
+    best = sorted(lr for lr, m in medians.items() if m == fewest and math.isfinite(m))
+    return best, bool({min(lrs), max(lrs)} & set(best)) and len(lrs) > 1
+
+
+def section_steps_pow2(rep):
+    p2 = pow2_analysis(rep)
+    if p2 is None:
+        return
+    batches = sorted(p2.runs)
+    size = only(p2.rows, "lr_base_size")
+    head = [B, "lr", *([f"lr_base (lr × {num(size)}/B)"] if size else []), "sweep"] + [
+        f"updates to {num(t)}, median (reached/runs)" for t in p2.targets]
+    sweep_of = {(r[B], lr_of(r)): s for s in STEPS_POW2 for r in rep.rows(s)}
+    table = []
+    for b in batches:
+        for lr, s in sorted(p2.runs[b].items()):
+            ups = list(zip(*s.values(), strict=True))
+            table.append([fmt_key(b), f"{lr:g}", *([f"{lr * size / b:.3g}"] if size else []), sweep_of[b, lr]] + [
+                f"{fmt(median(u), 1)} ({success(u)})" for u in ups])
+    rep.table("steps_pow2", head, table)
+    table = []
+    for i, t in enumerate(p2.targets):
+        fit = p2.fits[i]
+        for b in batches:
+            lr_star, fewest = fit.per_batch[b]
+            best, edge = fewest_updates({lr: {k: u[i] for k, u in s.items()} for lr, s in p2.runs[b].items()})
+            samples = [x[i].per_batch[b][0] for x in p2.boot]
+            table.append([num(t), fmt_key(b), f"{min(p2.runs[b]):g} to {max(p2.runs[b]):g}",
+                          (listing(f"{lr:g}" for lr in best) + (" (edge)" if edge else "")) if best else "none",
+                          fmt_interval(fewest, *boot_ci(p2, i, lambda x, b=b: x.per_batch[b][1]), 1),
+                          fmt_interval(lr_star, *percentile_interval(samples), 4), share_defined(samples)])
+    rep.table("steps_pow2_best", ["target", B, "lr grid", "fewest-updates cell(s), lr", "median updates there [95%]",
+                                  "lr* (parabola in log lr) [95%]", "resamples with lr* inside the grid"], table)
+    table = []
+    for i, t in enumerate(p2.targets):
+        fit = p2.fits[i]
+        c, k, rss_p = fit.power
+        lr_max, b_noise, rss_s = fit.saturating
+        n = len(fit.fitted)
+        table.append([num(t), f"{n} ({numbers(fit.fitted)})" if n else "0",
+                      fmt_interval(k, *boot_ci(p2, i, lambda x: x.power[1]), 2),
+                      fmt(math.sqrt(rss_p / n) / math.log(10), 3) if n else "n/a",
+                      fmt_interval(lr_max, *boot_ci(p2, i, lambda x: x.saturating[0]), 3),
+                      fmt_interval(b_noise, *boot_ci(p2, i, lambda x: x.saturating[1]), 0),
+                      fmt(math.sqrt(rss_s / n) / math.log(10), 3) if n else "n/a",
+                      fmt_interval(fit.delta_aic, *boot_ci(p2, i, lambda x: x.delta_aic), 1),
+                      share_defined([x[i].delta_aic for x in p2.boot])])
+    rep.table("lr_saturation", ["target", "batch sizes with an lr*", "power law: k in lr ∝ B^k [95%]",
+                                "rms residual (decades)", "saturating: lr_max [95%]", "B_noise [95%]",
+                                "rms residual (decades)", "AIC(power) − AIC(saturating) [95%]",
+                                "resamples where both fits exist"], table)
+    windows = [noise_window(rep, t) for t in p2.targets]
+    whole = noise_window(rep)
+    table = []
+    for i, t in enumerate(p2.targets):
+        s_min, b_crit = p2.fits[i].critical
+        value, interval, until = windows[i]
+        table.append([num(t), fmt_interval(s_min, *boot_ci(p2, i, lambda x: x.critical[0]), 1),
+                      fmt_interval(b_crit, *boot_ci(p2, i, lambda x: x.critical[1]), 0), fmt(s_min * b_crit, 0),
+                      fmt_median(until.values(), 0) if until else "n/a",
+                      fmt_interval(value, *interval, 0), fmt_interval(whole[0], *whole[1], 0)])
+    rep.table("critical_batch_targets", ["target", "S_min (updates) [95%]", "B_crit (images) [95%]",
+                                         "E_min = S_min × B_crit", "noise-scale runs: updates to the target",
+                                         "B_simple up to the target [95%]", "B_simple, whole runs [95%]"], table)
+    figure_steps_pow2(rep, p2, batches, windows)
+    text_steps_pow2(rep, p2, batches, windows, whole)
+
+
+def figure_steps_pow2(rep, p2, batches, windows):
+    colors = dict(zip(batches, plt.cm.viridis(np.linspace(0, 0.9, len(batches))), strict=True))
+    fig, axes = new_figure(2, 3, (16, 9))
+    for i, t in enumerate(p2.targets):  # top row: updates against lr at each target
+        ax = axes[i]
+        for b, color in colors.items():
+            lrs = sorted(p2.runs[b])
+            for lr in lrs:
+                seeds_ci(ax, lr, [u[i] for u in p2.runs[b][lr].values()], color, f"batch {fmt_key(b)}", log=True,
+                         spread=0.04, interval=False, meaning="never reached the target")
+            medians = [median([u[i] for u in p2.runs[b][lr].values()]) for lr in lrs]
+            finite = [(lr, m) for lr, m in zip(lrs, medians, strict=True) if math.isfinite(m)]
+            if finite:
+                line(ax, *zip(*finite, strict=True), "-", f"batch {fmt_key(b)}: median", color=color, lw=1)
+            if math.isfinite(p2.fits[i].per_batch[b][0]):
+                ax.axvline(p2.fits[i].per_batch[b][0], color=color, ls=":", lw=1, label=once(ax, "lr* (parabola)"))
+                record(ax, f"batch {fmt_key(b)}: lr*", p2.fits[i].per_batch[b][0], None)
+        ax.set_xscale("log")
+        ax.set(xlabel="lr", ylabel=f"updates to val/acc {num(t)}", title=f"target {num(t)}: each seed, median line")
+    panel_pow2_steps(axes[3], p2, batches)
+    panel_pow2_lr(axes[4], p2, batches)
+    panel_noise_targets(axes[5], p2, windows)
+    for ax in axes:
+        ax.title.set_fontsize(9)
+        log_y(ax)
+        legend(ax, fontsize=6, **({"ncol": 2, "loc": "lower left"} if ax in axes[:3] else {}))
+    sweeps = listing(s for s in STEPS_POW2 if rep.rows(s))
+    fig.suptitle(f"{design(p2.rows, 'optimizer', 'scheduler')}, precise BN; {sweeps} pooled, "
+                 f"{listing(sorted({len(s) for lrs in p2.runs.values() for s in lrs.values()}))} seeds per cell",
+                 fontsize=9)
+    rep.save(fig, "steps_pow2")
+
+
+def panel_pow2_steps(ax, p2, batches):
+    """S(B): the fewest median updates per batch with its bootstrap interval, and the fit S_min(1 + B_crit/B), at
+    each target."""
+    for i, t in enumerate(p2.targets):
+        color = f"C{i}"
+        for b in batches:
+            x = jitter(b, i, len(p2.targets), 0.12)
+            value = p2.fits[i].per_batch[b][1]
+            if math.isfinite(value):
+                estimate(ax, x, value, boot_ci(p2, i, lambda f, b=b: f.per_batch[b][1]), color,
+                         f"{num(t)}: batch {fmt_key(b)}", label=once(ax, f"{num(t)}: fewest median updates, 95%"))
+            else:
+                off_scale(ax, x, value, color, f"{num(t)}: batch {fmt_key(b)}", "no cell reached in half its runs")
+        s_min, b_crit = p2.fits[i].critical
+        if math.isfinite(b_crit):
+            span = np.geomspace(batches[0], batches[-1], 50)
+            line(ax, span, s_min * (1 + b_crit / span), "--", f"{num(t)}: S_min(1 + B_crit/B), B_crit {b_crit:.0f}",
+                 color=color, lw=1)
+    batch_axis(ax, batches)
+    ax.set(xlabel="batch size (images)", ylabel="updates to the target", title="steps to each target, S(B)")
+
+
+def panel_pow2_lr(ax, p2, batches):
+    """lr* per batch with its bootstrap interval at each target, and the two fits over the same points."""
+    for i, t in enumerate(p2.targets):
+        color = f"C{i}"
+        fit = p2.fits[i]
+        for b in batches:
+            x, value = jitter(b, i, len(p2.targets), 0.12), fit.per_batch[b][0]
+            if math.isfinite(value):
+                estimate(ax, x, value, boot_ci(p2, i, lambda f, b=b: f.per_batch[b][0]), color,
+                         f"{num(t)}: batch {fmt_key(b)}", label=once(ax, f"{num(t)}: lr*, 95%"))
+            else:
+                off_scale(ax, x, value, color, f"{num(t)}: batch {fmt_key(b)}", "no lr* inside the grid")
+        if fit.fitted and math.isfinite(fit.power[1]):
+            span = np.geomspace(fit.fitted[0], fit.fitted[-1], 50)
+            line(ax, span, fit.power[0] * span ** fit.power[1], ":", f"{num(t)}: power law, k {fit.power[1]:.2f}",
+                 color=color, lw=1)
+            if math.isfinite(fit.saturating[1]):
+                line(ax, span, fit.saturating[0] / (1 + fit.saturating[1] / span), "--",
+                     f"{num(t)}: lr_max/(1 + B_noise/B), B_noise {fit.saturating[1]:.0f}", color=color, lw=1)
+    batch_axis(ax, batches)
+    ax.set(xlabel="batch size (images)", ylabel="lr*", title="optimum lr: power law (dotted), saturating (dashed)")
+
+
+def panel_noise_targets(ax, p2, windows):
+    """B_crit at each target beside B_simple pooled over the noise-scale runs' training up to that target."""
+    for i, t in enumerate(p2.targets):
+        estimate(ax, i - 0.1, p2.fits[i].critical[1], boot_ci(p2, i, lambda f: f.critical[1]), "tab:red",
+                 f"{num(t)}: B_crit", label=once(ax, "B_crit from S(B), 95%"))
+        estimate(ax, i + 0.1, windows[i][0], windows[i][1], "k", f"{num(t)}: B_simple up to the target",
+                 label=once(ax, "B_simple up to the target, 95%"))
+    ax.set_xticks(range(len(p2.targets)), [num(t) for t in p2.targets])
+    ax.set_xlim(-0.5, len(p2.targets) - 0.5)
+    ax.set(xlabel="target val/acc", ylabel="images", title="critical batch and noise scale, by target")
+
+
+def text_steps_pow2(rep, p2, batches, windows, whole):
+    rows, size = p2.rows, only(p2.rows, "lr_base_size")
+    parts = [f"`{s}` ({design(rep.rows(s), B, grid_key(rep.rows(s)))})" for s in STEPS_POW2 if rep.rows(s)]
+    cells = sum(len(lrs) for lrs in p2.runs.values())
+    rep.text("steps_pow2_design", (
+        f"{listing(parts)}, pooled into one grid per batch size and compared in lr"
+        + (f" (a grid in lr_base trains at lr = lr_base × B/{num(size)})" if size else "") + ": batch "
+        f"{numbers(batches)}, {cells} cells. Every run stops at its first evaluation with val/acc ≥ "
+        f"{said(rows, 'target_val_acc')} or when its epochs run out ({said(rows, 'epochs')} by sweep), so its "
+        "history holds "
+        f"its first evaluation at or above each of {numbers(p2.targets)}; the updates to each target are read "
+        "there. A run that never gets there counts as infinitely many updates: a cell's value is the median over "
+        "its seeds with those at ∞ (finite while fewer than half failed), and the table gives how many got there. "
+        "lr* is the vertex of a parabola in log lr through a batch size's finite medians (as in 4a), S the fewest "
+        f"median updates; intervals are 95% percentile intervals from {BOOTSTRAP // 2:,} resamples of each cell's "
+        "runs."))
+    paragraphs, crit = [], {}
+    for i, t in enumerate(p2.targets):
+        fit = p2.fits[i]
+        s_min, b_crit = fit.critical
+        crit[t] = boot_ci(p2, i, lambda x: x.critical[1])
+        failed = sum(any(not math.isfinite(u[i]) for u in s.values()) for lrs in p2.runs.values()
+                     for s in lrs.values())
+        paragraphs.append(
+            f"To {num(t)}: the fewest median updates go " + ", ".join(fmt(fit.per_batch[b][1], 1) for b in batches)
+            + f" at batch {numbers(batches)}; {failed} of the {cells} cells have a run that never got there. "
+            f"S_min(1 + B_crit/B) gives **B_crit = {fmt_interval(b_crit, *crit[t], 0)} images**, S_min = "
+            f"{fmt_interval(s_min, *boot_ci(p2, i, lambda x: x.critical[0]), 1)} updates, E_min = "
+            f"{fmt(s_min * b_crit, 0)} examples.")
+    low, high = p2.targets[0], p2.targets[-1]
+    if low != high:
+        order = apart(crit[high], crit[low])
+        ends = (f"B_crit at {num(high)} ({fmt_interval(p2.fits[-1].critical[1], *crit[high], 0)})",
+                f"B_crit at {num(low)} ({fmt_interval(p2.fits[0].critical[1], *crit[low], 0)})")
+        sentence = (f"{ends[0]} is {'above' if order == 1 else 'below'} {ends[1]}" if order else
+                    f"{ends[0]} and {ends[1]} have overlapping intervals")
+        rep.finding("4e", sentence, bool(order))
+        paragraphs.append(sentence + (
+            ": the critical batch grows as the target gets harder, as McCandlish et al. (2018) find it grows as the "
+            "loss falls." if order == 1 else "."))
+    rep.text("steps_pow2_answer", *paragraphs)
+    text_lr_saturation(rep, p2, batches)
+    text_noise_targets(rep, p2, windows, whole, crit)
+
+
+def text_lr_saturation(rep, p2, batches):
+    paragraphs = []
+    for i, t in enumerate(p2.targets):
+        fit = p2.fits[i]
+        edges = []
+        for b in batches:
+            best, edge = fewest_updates({lr: {k: u[i] for k, u in s.items()} for lr, s in p2.runs[b].items()})
+            if edge:
+                edges.append(f"{num(b)} ({'top' if max(p2.runs[b]) in best else 'bottom'})")
+        missing = [b for b in batches if not math.isfinite(fit.per_batch[b][0])]
+        where_ = (f" The fewest-updates cell is at the edge of its grid at batch {listing(edges)}"
+                  if edges else " No batch size has its fewest-updates cell at the edge of its grid") + (
+            f"; the parabola places no lr* inside the grid at batch {listing(map(num, missing))}." if missing
+            else "; the parabola places lr* inside every grid.")
+        if len(fit.fitted) < 3 or not math.isfinite(fit.delta_aic):
+            paragraphs.append(f"At {num(t)}: lr* at fewer than 3 batch sizes, too few for the two fits.{where_}")
+            continue
+        n = len(fit.fitted)
+        interval = boot_ci(p2, i, lambda x: x.delta_aic)
+        settled = not math.isnan(interval[0]) and not inside(0, interval)
+        verdict = ("the saturating form fits better beyond noise" if settled and fit.delta_aic > 0 else
+                   "the power law fits better beyond noise" if settled else
+                   "no interval: the fits exist in fewer than half the resamples" if math.isnan(interval[0]) else
+                   "the interval includes 0: the data do not choose between them")
+        rep.finding("4e", f"At val/acc {num(t)}, AIC(power law) − AIC(saturating) over lr* at {n} batch sizes is "
+                          f"{fmt_interval(fit.delta_aic, *interval, 1)}: {verdict.split(':')[0]}", settled)
+        k_ci = boot_ci(p2, i, lambda x: x.power[1])
+        slopes = ("; no interval" if math.isnan(k_ci[0]) else ": it " + listing(
+            f"{'includes' if inside(power, k_ci) else 'excludes'} {power} ({rule})"
+            for power, rule in ((0.5, "square-root scaling"), (1, "linear scaling"))))
+        paragraphs.append(
+            f"At {num(t)}, over lr* at batch {numbers(fit.fitted)}: the power law lr* ∝ B^k has "
+            f"k = {fmt_interval(fit.power[1], *k_ci, 2)}{slopes}, rms residual "
+            f"{fmt(math.sqrt(fit.power[2] / n) / math.log(10), 3)} decades; the saturating form has lr_max = "
+            f"{fmt_interval(fit.saturating[0], *boot_ci(p2, i, lambda x: x.saturating[0]), 3)} and B_noise = "
+            f"{fmt_interval(fit.saturating[1], *boot_ci(p2, i, lambda x: x.saturating[1]), 0)}, rms residual "
+            f"{fmt(math.sqrt(fit.saturating[2] / n) / math.log(10), 3)} decades. Both have two parameters, so "
+            f"AIC(power) − AIC(saturating) = {fmt_interval(fit.delta_aic, *interval, 1)} is {n} times the log ratio "
+            f"of their residual sums of squares (each resample fits both to the optima it has): {verdict}.{where_}")
+    rep.text("lr_saturation_answer", *paragraphs)
+
+
+def text_noise_targets(rep, p2, windows, whole, crit):
+    if not rep.rows("lab1_noise_scale"):
+        return
+    parts = []
+    for i, t in enumerate(p2.targets):
+        value, interval, until = windows[i]
+        order = apart(interval, crit[t])
+        b_crit = f"B_crit at {num(t)} ({fmt_interval(p2.fits[i].critical[1], *crit[t], 0)})"
+        sentence = (f"over the training up to val/acc {num(t)} (median {fmt(median(until.values()), 0)} updates), "
+                    f"B_simple = {fmt_interval(value, *interval, 0)} " + (
+                        f"is {'above' if order == 1 else 'below'} {b_crit}" if order else
+                        f"and {b_crit} have overlapping intervals"))
+        rep.finding("4e", f"In `lab1_noise_scale`, {sentence}", bool(order))
+        parts.append(sentence)
+    rep.text("noise_targets_answer", (
+        f"In `lab1_noise_scale`'s runs (4d), each run's evaluations up to its first at or above the target, pooled "
+        f"as a ratio of means: {'; '.join(parts)}. Over whole runs it is {fmt_interval(whole[0], *whole[1], 0)}. "
+        "These runs train at one lr and batch, not at each batch size's optimum, and reach a target at their own "
+        "pace; the window is the stretch of their training in which the target is reached."))
+
 # ---------------------------------------------------------------- cost, summary, and the table of sections
 
 def section_costs(rep):
@@ -1834,9 +3561,12 @@ def section_costs(rep):
          t.get("note", "")] for t in times] + [["all", str(sum(runs.values())), f"{total:,.0f}", fmt(total / 60, 1),
                                                 "", ""]])
     longest = [f"`{t['sweep']}` ({fmt(t['wall_s'] / 60, 1)} min)" for t in sorted(times, key=lambda t: -t["wall_s"])]
+    dates = distinct(times, "date")
+    by_date = [f"{fmt(sum(t['wall_s'] for t in where(times, date=d)) / 60, 0)} minutes for "
+               f"{num(sum(runs[t['sweep']] for t in where(times, date=d)))} runs on {d}" for d in dates]
     rep.text("sweep_times", (
-        f"That is {fmt(total / 60, 0)} minutes for {num(sum(runs.values()))} runs, one sweep after another. The "
-        f"longest sweeps are {listing(longest[:3])}."))
+        f"That is {fmt(total / 60, 0)} minutes for {num(sum(runs.values()))} runs, one sweep after another"
+        + (f" ({listing(by_date)})" if len(dates) > 1 else "") + f". The longest sweeps are {listing(longest[:3])}."))
 
 
 def section_summary(rep):
@@ -1875,14 +3605,28 @@ SECTIONS = (
                                                          "memory/peak_mb"))])}),
     Section(("lab1_batch_size", "lab1_equal_updates", "lab1_batch_lr"), section_generalisation, {
         "generalisation": ("lab1_equal_updates", [("bars", B, ("test/acc",))])}),
+    Section(TIME_SWEEPS, section_time_to_result, {
+        "time_to_targets": ("lab1_time_to_result", [("bars", B, ("target/train_s", "target/examples"))])}),
+    Section(("lab1_gap_16", "lab1_gap_256"), section_gap, {
+        "gap": ("lab1_gap_256", [("parallel", ("lr", "ghost_batch_size"), ("val/acc_final", "test/acc",
+                                                                        "sharpness/top_eig"))])}),
+    Section(GROUPNORM_LR, section_groupnorm_lr),
+    Section(("lab1_equal_examples",), section_equal_examples),
     Section(("lab1_one_epoch",), section_one_epoch),
     Section(("lab1_epochs",), section_epochs, {
         "overfitting": ("lab1_epochs", [("curves", "label_noise", ("val/loss", "train/loss"))])}),
     Section(("lab1_epochs_cosine",), section_cosine),
+    Section(("lab1_memorisation",), section_memorisation, {
+        "memorisation": ("lab1_memorisation", [("curves", None, ("train/acc_clean", "train/acc_noisy",
+                                                                 "train/acc_noisy_true", "val/loss"))])}),
     Section(("lab1_lr",), lr_section("lab1_lr", "lr_sgd", "SGD, constant lr"), {
         "lr_sgd": ("lab1_lr", [("curves", "lr", ("train/loss", "val/acc"))])}),
     Section(("lab1_lr_adam",), lr_section("lab1_lr_adam", "lr_adam", "AdamW, constant lr"), {
         "lr_adam": ("lab1_lr_adam", [("curves", "lr", ("train/loss", "val/acc"))])}),
+    Section(("lab1_edge",), section_edge, {
+        "edge": ("lab1_edge", [("curves", "lr", ("sharpness/top_eig", "train/loss"))])}),
+    Section(("lab1_lr_slow",), section_lr_slow, {
+        "lr_slow": ("lab1_lr_slow", [("curves", None, ("train/loss", "val/acc"))])}),
     Section(STEPS, section_steps, {
         "steps": ("lab1_steps", [("parallel", (B, "lr_base"), ("target/updates", "target/examples",
                                                                 "target/train_s"))])}),
@@ -1890,6 +3634,8 @@ SECTIONS = (
     Section(("lab1_noise_scale",), section_noise_scale, {
         "noise_scale": ("lab1_noise_scale", [("curves", None, ("noise/trace_sigma", "noise/grad_sq",
                                                                 "noise/b_simple"))])}),
+    Section(STEPS_POW2, section_steps_pow2, {
+        "steps_pow2": ("lab1_steps_pow2", [("parallel", (B, "lr_base"), ("target/updates", "target/examples"))])}),
     Section((), section_costs),
     Section((), section_summary),  # last: it lists the findings of the sections above
 )
