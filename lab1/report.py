@@ -256,6 +256,11 @@ def num(value):
     return re.sub(r"e([+-])0*(\d)", lambda m: "e" + m[1].replace("+", "") + m[2], f"{value:g}")
 
 
+def minutes(seconds):
+    """'211 minutes', or '1.2 minutes' below ten, where whole minutes would round a sweep away."""
+    return f"{fmt(seconds / 60, 0 if seconds >= 600 else 1)} minutes"
+
+
 def pct(share):
     return f"{100 * share:.{1 if abs(share) < 0.01 else 0}f}%"
 
@@ -1392,12 +1397,14 @@ def section_groupnorm_lr(rep):
 def commits_note(sets):
     """{name: rows} -> ' The x runs come from commit `a` and the y runs from `b` (the provenance table).' when the
     sets were run from different commits (their training code may differ), else ''."""
-    commits = {name: listing(f"`{fmt_key(c)[:7]}`" for c in distinct(rows, "git_commit")) for name, rows in
-               sets.items()}
+    def named(rows):
+        cs = [f"`{fmt_key(c)[:7]}`" for c in distinct(rows, "git_commit")]
+        return ("commit " if len(cs) == 1 else "commits ") + listing(cs)
+    commits = {name: named(rows) for name, rows in sets.items()}
     if len(set(commits.values())) < 2:
         return ""
     (first, commit), *rest = commits.items()
-    return (f" {first[0].upper()}{first[1:]} come from commit {commit} and "
+    return (f" {first[0].upper()}{first[1:]} come from {commit} and "
             f"{listing(f'{name} from {c}' for name, c in rest)} (the provenance table).")
 
 
@@ -3562,10 +3569,10 @@ def section_costs(rep):
                                                 "", ""]])
     longest = [f"`{t['sweep']}` ({fmt(t['wall_s'] / 60, 1)} min)" for t in sorted(times, key=lambda t: -t["wall_s"])]
     dates = distinct(times, "date")
-    by_date = [f"{fmt(sum(t['wall_s'] for t in where(times, date=d)) / 60, 0)} minutes for "
+    by_date = [f"{minutes(sum(t['wall_s'] for t in where(times, date=d)))} for "
                f"{num(sum(runs[t['sweep']] for t in where(times, date=d)))} runs on {d}" for d in dates]
     rep.text("sweep_times", (
-        f"That is {fmt(total / 60, 0)} minutes for {num(sum(runs.values()))} runs, one sweep after another"
+        f"That is {minutes(total)} for {num(sum(runs.values()))} runs, one sweep after another"
         + (f" ({listing(by_date)})" if len(dates) > 1 else "") + f". The longest sweeps are {listing(longest[:3])}."))
 
 

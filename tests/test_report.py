@@ -965,7 +965,11 @@ def test_equal_examples_pairs_batch_16_at_the_images_of_batch_256s_epochs(gap):
     assert "commit" not in block(gap, "text:equal_examples_design")  # one commit
     report = load_report()
     assert report.commits_note({"the a runs": [{"git_commit": "1" * 40}], "the b runs": [{"git_commit": "2" * 40}]}) \
-        == " The a runs come from commit `1111111` and the b runs from `2222222` (the provenance table)."
+        == " The a runs come from commit `1111111` and the b runs from commit `2222222` (the provenance table)."
+    assert report.commits_note({"the a runs": [{"git_commit": c * 40} for c in "12"],
+                                "the b runs": [{"git_commit": "3" * 40}]}) \
+        == " The a runs come from commits `1111111` and `2222222` and the b runs from commit `3333333` (the " \
+           "provenance table)."
     rows = {r["comparison"]: r for r in read(gap.out / "tables" / "equal_examples.csv")}
     assert rows["equal examples"]["held equal"] == "images seen and lr"
     assert rows["equal epochs (1c)"]["held equal"] == "epochs and lr"
