@@ -528,10 +528,30 @@ class Mix:
         return self.mixup(x, y) if self.on else (x, y)
 
 
+def posterize(img, bits_to_keep, **kwargs):
+    """timm's posterize, where keeping 0 bits gives a black image, as in the TensorFlow RandAugment timm follows
+    and in older Pillow. Pillow 13 refuses 0 bits, which timm asks for at the top magnitude of an `inc1` spec
+    (rand-m9-mstd0.5-inc1 draws it for 2% of its ops): the run would end in a traceback in its first epoch."""
+    from PIL import Image
+    from timm.data import auto_augment
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def use_own_posterize():
+    """timm's augment ops with posterize (above) in place of its own; before any timm augment transform is made."""
+    from timm.data import auto_augment
+    for name, op in auto_augment.NAME_TO_OP.items():
+        if op is auto_augment.posterize:
+            auto_augment.NAME_TO_OP[name] = posterize
+
+
 def aa_transform(spec, img_size, mean):
     """timm's RandAugment/AutoAugment/AugMix on a PIL image, from a timm --aa spec such as rand-m9-mstd0.5,
     with the parameters timm's create_transform gives it."""
     from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    use_own_posterize()
     params = dict(translate_const=int(img_size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean))
     make = (rand_augment_transform if spec.startswith("rand") else
             augment_and_mix_transform if spec.startswith("augmix") else auto_augment_transform)
@@ -705,6 +725,7 @@ def stream_transforms(args, mean, std, channels):
                              mean=mean, std=std)
     if not (args.hflip or args.scale or args.aa or args.reprob):
         return plain, plain
+    use_own_posterize()
     primary, secondary, final = create_transform(
         size, is_training=True, separate=True, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
         color_jitter=None, auto_augment=args.aa or None, interpolation="bilinear", re_prob=args.reprob,

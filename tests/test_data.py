@@ -253,6 +253,20 @@ def test_a_webdataset_shard_set_and_both_image_folder_paths_train_with_augmentat
     assert "data: streamed by 1 workers: --data_in_memory false" in res.stdout
 
 
+def test_randaugment_at_its_top_magnitude_posterizes_to_black_on_both_paths():
+    # An `inc1` spec at magnitude 10 asks Pillow to keep 0 bits of each pixel, which Pillow 13 refuses with a
+    # ValueError (timm's own op): rand-m9-mstd0.5-inc1, the README's example, met it in its first epoch.
+    args = train.parse_args(["--aa=rand-m10-mstd0-inc1", "--img_size=16"])
+    stream = data.stream_transforms(args, (0.5,) * 3, (0.25,) * 3, 3)[0].transforms[1].transforms[0]
+    image = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    for randaugment in (data.aa_transform(args.aa, 16, (0.5,) * 3), stream):  # in memory, streaming
+        [op] = [op for op in randaugment.ops if op.name == "PosterizeIncreasing"]
+        op.prob = 1.0
+        assert np.asarray(op(image)).max() == 0  # every bit dropped: black, as TensorFlow's RandAugment gives
+        op.magnitude = 5
+        assert np.asarray(op(image)).max() > 0  # 2 of 8 bits kept
+
+
 def test_augmentation_is_off_by_default_and_on_the_device_when_asked():
     assert data.augmentation(train.parse_args([])) == ""
     args = train.parse_args(["--hflip=1", "--scale=0.25,0.25", "--img_size=16"])
