@@ -9,6 +9,8 @@ ships (random crops, zooms and colour shifts), in 10 class folders, then four si
    workers; img/s over the epoch, and the seconds from process start to the first training step. Alternated.
 2. memory: peak memory (PSS: shared pages counted once) of train.py's process tree (main process and loader
    workers), streaming --images against 4x as many (the same files linked again), --updates each. Alternated.
+   (Only this comparison samples memory: reading a process's /proc/PID/smaps ten times a second slows it,
+   which `--only sampling` measures.)
 3. decode once: a sweep of 4 in-memory runs over --images (one sweep.py agent, warm starts): each run's
    time/startup_s; the first decodes into a fresh cache, the others map it. Against the previous release's
    train.py (PREVIOUS, default /work/main/train.py at this branch's base), which decodes in every run.
@@ -74,14 +76,16 @@ def link_tree(src, dst, times):
     return dst
 
 
-def watch(argv, cwd, env, first_line=None):
-    """Run a command, sampling its process tree's resident memory. -> (wall s, stdout, peak MB, s to first_line)."""
+def watch(argv, cwd, env, first_line=None, sample=False):
+    """Run a command; with sample, sample its process tree's memory every 0.1 s (reading /proc/PID/smaps, which
+    slows the process it reads: bench/RESULTS.md), so speed is never measured while sampling.
+    -> (wall s, stdout, peak MB or 0, s to first_line)."""
     import psutil
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, lines, first = [0.0], [], [None]
 
-    def sample():
+    def sample_memory():
         p = psutil.Process(proc.pid)
         while proc.poll() is None:
             try:
@@ -92,30 +96,32 @@ def watch(argv, cwd, env, first_line=None):
                 pass
             time.sleep(0.1)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    thread = threading.Thread(target=sample_memory, daemon=True)
+    if sample:  # never while speed is measured
+        thread.start()
     for line in proc.stdout:
         lines.append(line)
         if first_line and first[0] is None and re.search(first_line, line):
             first[0] = time.perf_counter() - start
     proc.wait()
-    thread.join()
+    if sample:
+        thread.join()
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(map(str, argv))}\n{''.join(lines[-8:])}")
     return time.perf_counter() - start, "".join(lines), peak[0], first[0]
 
 
-def ours(folder, out, flags, tmp):
+def ours(folder, out, flags, tmp, sample=False):
     env = clean_env(tmp, WANDB_MODE="disabled", XDG_CACHE_HOME=str(tmp / "cache"))
     wall, stdout, peak, _ = watch([sys.executable, str(TRAIN), "--dataset=imagefolder", f"--data_dir={folder}",
-                                   f"--output_dir={out}", *flags], tmp, env)
+                                   f"--output_dir={out}", *flags], tmp, env, sample=sample)
     summary = json.loads((Path(out) / "summary.json").read_text())
     return {"wall": wall, "peak_mb": peak, "img_s": summary["throughput/train_img_s"],
             "startup_s": summary["time/startup_s"], "stdout": stdout}
 
 
 def timm_run(folder, out, flags, tmp, batches):
-    """timm's train.py on the CPU; img/s from its last log line's running average, start-up to its first."""
+    """timm's train.py on the CPU; img/s over every epoch from its log, start-up to its first logged step."""
     env = clean_env(tmp, WANDB_MODE="disabled")
     argv = [sys.executable, str(TIMM_TRAIN), "--data-dir", str(folder), "--train-split", "train", "--val-split", "val",
             "--model", "resnet10t", "--device", "cpu", "--no-prefetcher", "--opt", "adamw", "--lr", "0.002",
@@ -123,8 +129,12 @@ def timm_run(folder, out, flags, tmp, batches):
             "--color-jitter", "0", "--train-interpolation", "bilinear", "--log-interval", str(max(1, batches // 4)),
             "--checkpoint-hist", "1", "--output", str(out), *flags]
     wall, stdout, peak, first = watch(argv, tmp, env, first_line=r"Train: 0 \[\s*0/")
-    rates = re.findall(r"Train: 0 .*?\(\s*[\d.]+s,\s*([\d.]+)/s\)", stdout)
-    return {"wall": wall, "peak_mb": peak, "img_s": float(rates[-1]) if rates else float("nan"), "startup_s": first}
+    # each epoch's last log line holds its average over the whole epoch; the run's rate is over every epoch, as
+    # train.py's throughput/train_img_s is (the epochs have equal updates: the harmonic mean)
+    rates = dict(re.findall(r"Train: (\d+) .*?\(\s*[\d.]+s,\s*([\d.]+)/s\)", stdout))
+    img_s = len(rates) / sum(1 / float(r) for r in rates.values()) if rates else float("nan")
+    return {"wall": wall, "peak_mb": peak, "img_s": img_s, "startup_s": first,
+            "epoch0_img_s": float(rates.get("0", "nan"))}  # what this script reported before 2026-12-01
 
 
 def split_folder(src, dst, train_n, val_n=100):
@@ -164,9 +174,25 @@ def memory_growth(tmp, folder, args):
     for r in range(args.rounds):
         for name, f in ((f"{args.images:,}", folder), (f"{4 * args.images:,}", big)):
             before = load()
-            got = ours(f, tmp / f"m{r}_{name}", flags, tmp)
+            got = ours(f, tmp / f"m{r}_{name}", flags, tmp, sample=True)
             rows.append((name, r, got["peak_mb"], before))
             print("memory", name, r, got["peak_mb"], f"load {before:.1f}", flush=True)
+    return rows
+
+
+def sampling_cost(tmp, folder, args):
+    """train.py's streaming img/s over --updates updates with the memory sampling of `watch` on and off: why the
+    speed comparisons run unsampled."""
+    data = split_folder(folder, tmp / "sampling_split", args.train_images)
+    flags = ["--img_size=128", "--batch_size=64", "--epochs=1", f"--workers={args.workers}", "--hflip=0.5",
+             "--data_in_memory=false", "--scale=0.08,1", "--test_fraction=0.05", f"--max_updates={args.updates}"]
+    rows = []
+    for r in range(args.rounds):
+        for side in ("sampled", "unsampled"):
+            before = load()
+            got = ours(data, tmp / f"p{r}_{side}", flags, tmp, sample=side == "sampled")
+            rows.append((side, r, got["img_s"], before))
+            print("sampling", side, r, got["img_s"], f"load {before:.1f}", flush=True)
     return rows
 
 
@@ -223,7 +249,7 @@ def digits_vs_timm(tmp, args):
                 got = timm_run(tmp / "digits", tmp / f"dt{r}", flags, tmp, 25)
                 csvs = sorted((tmp / f"dt{r}").rglob("summary.csv"))
                 acc = float(csvs[-1].read_text().strip().splitlines()[-1].split(",")[3]) / 100 if csvs else float("nan")
-            rows.append((side, r, got["img_s"], acc, before))
+            rows.append((side, r, got["img_s"], acc, before, got.get("epoch0_img_s", got["img_s"])))
             print("digits", side, r, got["img_s"], acc, f"load {before:.1f}", flush=True)
     return rows
 
@@ -242,7 +268,7 @@ def main():
     p.add_argument("--epochs", type=int, default=10, help="of the digits comparison")
     p.add_argument("--updates", type=int, default=10, help="of each run in the memory comparison")
     p.add_argument("--previous_runs", type=int, default=2, help="runs of the previous release's sweep")
-    p.add_argument("--only", default="stream,memory,decode,digits")
+    p.add_argument("--only", default="stream,memory,decode,digits", help="of stream,memory,decode,digits,sampling")
     add_write_flag(p)
     args = p.parse_args()
     only = args.only.split(",")
@@ -258,6 +284,12 @@ def main():
                   f">= {GOALS['stream']}x timm | {ours_s:.1f} / {timm_s:.1f} = {r:.2f}x | load {rows[0][4]:.1f} |",
                   f"| streaming: start-up before the first step (s) | <= {GOALS['startup']} | {start:.1f} "
                   f"(timm's train.py: {timm_start:.1f} to its first logged step) | |"]
+    if "sampling" in only:
+        rows = sampling_cost(tmp, folder, args)
+        sampled, unsampled, r = ratio(rows, 2, "sampled", "unsampled")
+        lines.append(f"| memory sampling's cost: train.py's streaming img/s, {args.updates} updates, sampled against "
+                     f"not | (none: why speed is measured unsampled) | {sampled:.1f} / {unsampled:.1f} = {r:.2f}x "
+                     f"(each round: {', '.join(f'{row[2]:.1f}' for row in rows)}) | load {rows[0][3]:.1f} |")
     if "memory" in only:
         rows = memory_growth(tmp, folder, args)
         small, big = (float(np.median([r[2] for r in rows if r[0] == k])) for k in dict.fromkeys(r[0] for r in rows))
@@ -276,9 +308,11 @@ def main():
         rows = digits_vs_timm(tmp, args)
         ours_s, timm_s, r = ratio(rows, 2)
         acc_o, acc_t, _ = ratio(rows, 3)
+        *_, first_r = ratio(rows, 5)  # against timm's first epoch alone
         lines.append(f"| in memory: img/s on the 32 px digits ImageFolder, {args.epochs} epochs | "
                      f">= {GOALS['digits']}x timm | "
-                     f"{ours_s:.1f} / {timm_s:.1f} = {r:.2f}x (final val/acc {acc_o:.3f} against {acc_t:.3f}) | "
+                     f"{ours_s:.1f} / {timm_s:.1f} = {r:.2f}x (final val/acc {acc_o:.3f} against {acc_t:.3f}); timm's "
+                     f"first epoch alone (this script's measure before 2026-12-01): {first_r:.2f}x | "
                      f"load {rows[0][4]:.1f} |")
     body = ("| measure | goal | measured | 1-minute load before |\n|---|---|---|---|\n" + "\n".join(lines) +
             f"\n\nuptime at the end: `{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}`")
