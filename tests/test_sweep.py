@@ -420,16 +420,17 @@ def claim_held(path):
 
 
 def stop_once_training(workdir, sig):
-    """Start sweep.py on one.yaml, and once its run has logged a point, send it `sig` twice: the second once the
-    run has started saving its checkpoint, so in the agent's shutdown (a job's second SIGTERM, a second Ctrl-C).
-    -> (sweep folder, env)."""
+    """Start sweep.py on one.yaml (a tests/warm/train.py sweep), send it `sig` twice: the first as its run logs its
+    first point (sent by the run itself, which goes on once the agent has passed it on: a run of a few updates can
+    otherwise finish before a test sees the point), the second once the run has started saving its checkpoint, so
+    in the agent's shutdown (a job's second SIGTERM, a second Ctrl-C). -> (sweep folder, env without the signal)."""
     sweep_dir = workdir / "runs/sweeps/one"
     env = clean_env(HOME=str(workdir))
-    agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir, env=env,
+    agent = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "one.yaml"], cwd=workdir,
+                             env={**env, "SIGNAL_AGENT_AFTER": "history.csv", "SIGNAL_AGENT_WITH": sig.name},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: sweep_dir.exists() and run_dirs(sweep_dir) and (run_dirs(sweep_dir)[0] / "history.csv").exists(),
              agent)
-    agent.send_signal(sig)
     run_dir = run_dirs(sweep_dir)[0]
     wait_for(lambda: {"checkpoint.tmp", "checkpoint"} & {p.name for p in run_dir.iterdir()}, None)
     agent.send_signal(sig)
@@ -439,7 +440,8 @@ def stop_once_training(workdir, sig):
 
 @pytest.mark.slow
 def test_sigterm_preempts_the_running_run_and_the_next_invocation_resumes_it(workdir):
-    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, fixed={"epochs": {"value": 6}})
+    write_sweep(workdir / "one.yaml", {"seed": {"values": [0]}}, program=str(ROOT / "tests/warm/train.py"),
+                fixed={"epochs": {"value": 6}})
     sweep_dir, env = stop_once_training(workdir, signal.SIGTERM)  # as a cluster ends a job: the agent passes it on
     [row] = read_csv(sweep_dir / "results.csv")
     assert (row["status"], row["exit_code"]) == ("preempted", str(128 + signal.SIGTERM))

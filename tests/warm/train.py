@@ -1,8 +1,9 @@
 """This checkout's train.py with three more timm models that fail in their first training step, for sweep.py's
 tests: `raises` raises an exception, `exits` calls os._exit(3), as a crashing extension would, and
 `resnet_fails_on_resume` is resnet10t until it is resumed from a checkpoint, then raises.
-With SIGNAL_AGENT_AFTER=history.csv or summary.json, right after the run first writes that file it sends SIGTERM to
-the sweep.py agent that runs it, so that a test of a signal at that moment never depends on how fast the host runs.
+With SIGNAL_AGENT_AFTER=history.csv or summary.json, right after the run first writes that file it sends SIGTERM (or
+the signal SIGNAL_AGENT_WITH names, e.g. SIGINT) to the sweep.py agent that runs it, and goes on only once the agent
+has passed it on to the run, so that a test of a signal at that moment never depends on how fast the host runs.
 Its first line of output says whether torch was imported before it started, which is so only in a warm start
 (a fork of sweep.py's warm-start process). sweep.py warm-starts only a program named train.py: hence the name.
 
@@ -78,8 +79,20 @@ def sweep_agent():
     return pid
 
 
-def signal_agent_after(write, name):
-    """write, which then sends SIGTERM to the agent once it has written a file called name."""
+received = []  # the signals train.py's handler has had
+
+
+def count_signals(request):
+    """train.Preemption.request, noting each signal it gets."""
+    def noted(self, sig, frame):
+        received.append(sig)
+        return request(self, sig, frame)
+    return noted
+
+
+def signal_agent_after(write, name, sig):
+    """write, which then sends sig to the agent once it has written a file called name, and returns once the agent
+    has passed it on (train.py's handler runs between this loop's sleeps), or after 120 s if it never does."""
     sent = False
 
     def then_signal(path, *args, **kwargs):
@@ -87,15 +100,20 @@ def signal_agent_after(write, name):
         write(path, *args, **kwargs)
         if Path(path).name == name and not sent:
             sent = True
-            os.kill(sweep_agent(), signal.SIGTERM)
+            os.kill(sweep_agent(), sig)
+            deadline = time.monotonic() + 120
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.01)
     return then_signal
 
 
 if __name__ == "__main__":
     print(f"warm start: {WARM}", flush=True)
     if after := os.environ.get("SIGNAL_AGENT_AFTER"):  # here, not above: a warm start runs this file twice
+        sig = signal.Signals[os.environ.get("SIGNAL_AGENT_WITH", "SIGTERM")]
         runfiles = train.runfiles
-        runfiles.write_json = signal_agent_after(runfiles.write_json, after)
-        runfiles.write_history = signal_agent_after(runfiles.write_history, after)
+        runfiles.write_json = signal_agent_after(runfiles.write_json, after, sig)
+        runfiles.write_history = signal_agent_after(runfiles.write_history, after, sig)
+        train.Preemption.request = count_signals(train.Preemption.request)
     train.START = START
     main()
