@@ -6,7 +6,8 @@ ships (random crops, zooms and colour shifts), in 10 class folders, then four si
 
 1. stream: train.py's streaming path against timm's own train.py (TIMM_TRAIN, a checkout's train.py), one epoch
    of --train_images at 128 px, resnet10t, batch 64, the same augmentation (random-resized crop, flip) and
-   workers; img/s over the epoch, and the seconds from process start to the first training step. Alternated.
+   workers; img/s over the epoch, and the seconds from process start to the first training step. Alternated,
+   each side first in every other round, the files read once into the page cache before the first.
 2. memory: peak memory (PSS: shared pages counted once) of train.py's process tree (main process and loader
    workers), streaming --images against 4x as many (the same files linked again), --updates each. Alternated.
    (Only this comparison samples memory: reading a process's /proc/PID/smaps ten times a second slows it,
@@ -14,7 +15,8 @@ ships (random crops, zooms and colour shifts), in 10 class folders, then four si
 3. decode once: a sweep of 4 in-memory runs over --images (one sweep.py agent, warm starts): each run's
    time/startup_s; the first decodes into a fresh cache, the others map it. Against the previous release's
    train.py (PREVIOUS, default /work/main/train.py at this branch's base), which decodes in every run.
-4. in memory against timm's train.py on the 32 px digits ImageFolder (1,797 PNGs), 10 epochs, batch 64.
+4. in memory against timm's train.py on the 32 px digits ImageFolder (1,797 PNGs), 10 epochs, batch 64, and a plain
+   PyTorch loop (bench/plain_loop.py) over the same images with no data cost at all: the ceiling of any data path.
 Every figure is printed with `uptime`'s load average beside it; the host is shared.
 """
 
@@ -137,6 +139,15 @@ def timm_run(folder, out, flags, tmp, batches):
             "epoch0_img_s": float(rates.get("0", "nan"))}  # what this script reported before 2026-12-01
 
 
+def plain_run(folder, epochs, tmp):
+    """bench/plain_loop.py over the folder at 32 px: its img/s over every epoch, as throughput/train_img_s is."""
+    argv = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), "--data=imagefolder", f"--data_dir={folder}",
+            "--img_size=32", "--batch_size=64", f"--epochs={epochs}"]
+    wall, stdout, _, _ = watch(argv, tmp, clean_env(tmp))
+    rates = json.loads(stdout.strip().splitlines()[-1])["epoch_img_s"]
+    return {"wall": wall, "img_s": len(rates) / sum(1 / r for r in rates)}
+
+
 def split_folder(src, dst, train_n, val_n=100):
     """dst/train and dst/val: the first train_n and next val_n files of src, linked."""
     files = sorted(src.rglob("*.jpg"), key=lambda f: f.name)  # file i is in class i % 10: every class in both
@@ -154,9 +165,11 @@ def stream_vs_timm(tmp, folder, args):
                   "--data_in_memory=false", "--hflip=0.5", "--scale=0.08,1", "--test_fraction=0.05"]
     timm_flags = ["--img-size", "128", "-b", "64", "--epochs", "1", "-j", str(args.workers), "--hflip", "0.5",
                   "--scale", "0.08", "1"]
+    for path in data.rglob("*.jpg"):  # into the page cache: no side is the one that reads the disk cold
+        path.read_bytes()
     rows = []
     for r in range(args.rounds):
-        for side in ("train.py", "timm"):
+        for side in ("train.py", "timm")[::1 if r % 2 == 0 else -1]:  # ABBA: neither side always runs first
             before = load()
             got = (ours(data, tmp / f"s{r}", ours_flags, tmp) if side == "train.py" else
                    timm_run(data, tmp / f"t{r}", timm_flags, tmp, batches))
@@ -237,9 +250,13 @@ def digits_vs_timm(tmp, args):
         Image.fromarray((digits.images[i] * 15).astype("uint8")).resize((32, 32)).save(path)
     rows = []
     for r in range(args.rounds):
-        for side in ("train.py", "timm"):
+        sides = ("train.py", "timm", "plain loop")
+        for side in sides[r % 3:] + sides[:r % 3]:  # each side runs first in one round of three
             before = load()
-            if side == "train.py":
+            if side == "plain loop":  # the ceiling: train.py's model and optimizer with no data cost at all
+                got = plain_run(tmp / "digits" / "train", args.epochs, tmp)
+                acc = float("nan")
+            elif side == "train.py":
                 flags = ["--img_size=32", "--batch_size=64", f"--epochs={args.epochs}", "--test_fraction=0.05"]
                 got = ours(tmp / "digits", tmp / f"d{r}", flags, tmp)
                 acc = json.loads((tmp / f"d{r}" / "summary.json").read_text())["val/acc_final"]
@@ -309,11 +326,17 @@ def main():
         ours_s, timm_s, r = ratio(rows, 2)
         acc_o, acc_t, _ = ratio(rows, 3)
         *_, first_r = ratio(rows, 5)  # against timm's first epoch alone
+        plain_s, _, ceiling = ratio(rows, 2, "plain loop")
+        by, rounds = {(row[1], row[0]): row[2] for row in rows}, sorted({row[1] for row in rows})
+        sides = ("train.py", "timm", "plain loop")
         lines.append(f"| in memory: img/s on the 32 px digits ImageFolder, {args.epochs} epochs | "
                      f">= {GOALS['digits']}x timm | "
                      f"{ours_s:.1f} / {timm_s:.1f} = {r:.2f}x (final val/acc {acc_o:.3f} against {acc_t:.3f}); timm's "
-                     f"first epoch alone (this script's measure before 2026-12-01): {first_r:.2f}x | "
-                     f"load {rows[0][4]:.1f} |")
+                     f"first epoch alone (this script's measure before 2026-12-01): {first_r:.2f}x; a plain PyTorch "
+                     f"loop with no data cost (the ceiling): {plain_s:.1f} / {timm_s:.1f} = {ceiling:.2f}x, train.py "
+                     f"{ours_s / plain_s:.2f}x of it (each round, train.py / timm / plain: "
+                     f"{'; '.join(' / '.join(f'{by[r, side]:.1f}' for side in sides) for r in rounds)})"
+                     f" | load {rows[0][4]:.1f} |")
     body = ("| measure | goal | measured | 1-minute load before |\n|---|---|---|---|\n" + "\n".join(lines) +
             f"\n\nuptime at the end: `{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}`")
     report(args, "Bring your own data: streaming, memory, decode once, in memory against timm", body)
