@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -680,7 +681,7 @@ def in_order(dataset, like):
     training split as evaluation sees it (train.py's train/acc_clean and train/acc_noisy, lab1/interpolate.py)."""
     return torch.utils.data.DataLoader(dataset, batch_size=like.batch_size, collate_fn=like.collate_fn,
                                        num_workers=like.num_workers, persistent_workers=like.persistent_workers,
-                                       pin_memory=like.pin_memory)
+                                       pin_memory=like.pin_memory, multiprocessing_context=like.multiprocessing_context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -752,16 +753,31 @@ def stream_dataset(items, labels, transform, args, training, workers):
     return ds
 
 
+def worker_context(num_processes, workers):
+    """How loader workers start: forked, except in a rank of several on CPython before 3.12, where a fork can
+    deadlock in the child (python/cpython#112275: a lock the ranks' gloo threads take without the GIL is copied
+    held; seen here as a 2-rank run hung for good). There they fork from a forkserver that has imported the
+    script once (no threads, and no import in each worker)."""
+    if not workers or num_processes < 2 or sys.version_info >= (3, 12):
+        return None
+    import multiprocessing
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__"])
+    return context
+
+
 def stream_loaders(args, splits, data_config, device, num_processes, workers):
     items = splits["train"][0]
     channels = items.shape[1] if isinstance(items, np.ndarray) else 3
     mean, std = statistics(data_config, channels)
     train_tf, eval_tf = stream_transforms(args, mean, std, channels)
 
+    context = worker_context(num_processes, workers)
+
     def loader(ds, batch_size, shuffle=False, drop_last=False):
         iterable = isinstance(ds, torch.utils.data.IterableDataset)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle and not iterable,
-                                           drop_last=drop_last, num_workers=workers,
+                                           drop_last=drop_last, num_workers=workers, multiprocessing_context=context,
                                            persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
     train = stream_dataset(*splits["train"], train_tf, args, True, workers)

@@ -309,6 +309,13 @@ def test_an_unreadable_image_mid_stream_fails_then_resumes_after_the_fix(workdir
     assert not (workdir / "out/checkpoint").exists()
 
 
+def test_loader_workers_of_several_ranks_start_from_a_forkserver_before_python_3_12():
+    # CPython before 3.12 can deadlock a forked child (python/cpython#112275); a 2-rank streaming run hung so here
+    assert data.worker_context(1, 2) is None and data.worker_context(2, 0) is None  # one process, or no workers
+    context = data.worker_context(2, 1)
+    assert context is None if sys.version_info >= (3, 12) else context.get_start_method() == "forkserver"
+
+
 @pytest.mark.slow
 def test_two_ranks_stream_each_its_own_part_into_one_wandb_run(workdir):
     image_folder(workdir / "imgs", per_class=40)  # 160 images: 112 train
