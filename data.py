@@ -757,7 +757,8 @@ def worker_context(num_processes, workers):
     """How loader workers start: forked, except in a rank of several on CPython before 3.12, where a fork can
     deadlock in the child (python/cpython#112275: a lock the ranks' gloo threads take without the GIL is copied
     held; seen here as a 2-rank run hung for good). There they fork from a forkserver that has imported the
-    script once (no threads, and no import in each worker)."""
+    script once (no threads, and no import in each worker). Not for timm's webdataset reader, whose shared
+    counters are made in the fork context before the loader exists: it forks as before."""
     if not workers or num_processes < 2 or sys.version_info >= (3, 12):
         return None
     import multiprocessing
@@ -777,7 +778,8 @@ def stream_loaders(args, splits, data_config, device, num_processes, workers):
     def loader(ds, batch_size, shuffle=False, drop_last=False):
         iterable = isinstance(ds, torch.utils.data.IterableDataset)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle and not iterable,
-                                           drop_last=drop_last, num_workers=workers, multiprocessing_context=context,
+                                           drop_last=drop_last, num_workers=workers,
+                                           multiprocessing_context=None if iterable else context,
                                            persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
     train = stream_dataset(*splits["train"], train_tf, args, True, workers)

@@ -333,6 +333,18 @@ def test_two_ranks_stream_each_its_own_part_into_one_wandb_run(workdir):
     assert recorded["config"]["num_processes"] == 2 and recorded["config"]["data_path"] == "stream"
 
 
+@pytest.mark.slow
+def test_two_ranks_stream_a_webdataset_shard_set_with_workers(workdir):
+    write_shards(workdir / "wds")
+    res = run(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
+               "--mixed_precision=no", "--dynamo_backend=no", str(ROOT / "train.py"), "--dataset=wds",
+               f"--data_dir={workdir / 'wds'}", "--img_size=16", "--batch_size=8", "--epochs=1", "--workers=1",
+               "--wandb_mode=disabled", "--output_dir=out"], cwd=workdir, env=clean_env(HOME=str(workdir)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = summary_of(workdir / "out")
+    assert s["status"] == "finished" and len(s["data/samples_per_rank"]) == 2 and min(s["data/samples_per_rank"]) > 0
+
+
 BAD_DATA = [
     (["--aa=bogus"], "--aa 'bogus' is not a timm augmentation spec"),
     (["--mixup=0.8", "--batch_size=33"], "use an even --batch_size"),
