@@ -7,7 +7,9 @@ ships (random crops, zooms and colour shifts), in 10 class folders, then four si
 1. stream: train.py's streaming path against timm's own train.py (TIMM_TRAIN, a checkout's train.py), one epoch
    of --train_images at 128 px, resnet10t, batch 64, the same augmentation (random-resized crop, flip) and
    workers; img/s over the epoch, and the seconds from process start to the first training step. Alternated,
-   each side first in every other round, the files read once into the page cache before the first.
+   each side first in every other round, the files read once into the page cache before the first. Two more
+   sides split off the allocator's part: train.py with glibc's default malloc (--keep_freed_memory=False), and
+   timm's train.py with the malloc settings train.py makes (SAME_MALLOC, through the environment).
 2. memory: peak memory (PSS: shared pages counted once) of train.py's process tree (main process and loader
    workers), streaming --images against 4x as many (the same files linked again), --updates each. Alternated.
    (Only this comparison samples memory: reading a process's /proc/PID/smaps ten times a second slows it,
@@ -16,7 +18,8 @@ ships (random crops, zooms and colour shifts), in 10 class folders, then four si
    time/startup_s; the first decodes into a fresh cache, the others map it. Against the previous release's
    train.py (PREVIOUS, default /work/main/train.py at this branch's base), which decodes in every run.
 4. in memory against timm's train.py on the 32 px digits ImageFolder (1,797 PNGs), 10 epochs, batch 64, and a plain
-   PyTorch loop (bench/plain_loop.py) over the same images with no data cost at all: the ceiling of any data path.
+   PyTorch loop (bench/plain_loop.py) over the same images with no data cost at all, with train.py's malloc
+   settings: the ceiling of any data path. And timm's train.py with those malloc settings.
 Every figure is printed with `uptime`'s load average beside it; the host is shared.
 """
 
@@ -37,6 +40,10 @@ from common import ROOT, add_write_flag, clean_env, report
 TRAIN = ROOT / "train.py"
 TIMM_TRAIN = Path(os.environ.get("TIMM_TRAIN", "/tmp/data/timm/train.py"))
 PREVIOUS = Path(os.environ.get("PREVIOUS", "/work/main/train.py"))
+# glibc's settings train.py's --keep_freed_memory (on by default) makes with mallopt, given to the other programs
+# through the environment: how much of a lead is the allocator's, not the data path's
+SAME_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+DEFAULT_MALLOC = "--keep_freed_memory=False"
 GOALS = {"stream": 1.0, "startup": 5.0, "memory": 1.10, "decode": 3.0, "digits": 1.3}
 
 
@@ -122,9 +129,9 @@ def ours(folder, out, flags, tmp, sample=False):
             "startup_s": summary["time/startup_s"], "stdout": stdout}
 
 
-def timm_run(folder, out, flags, tmp, batches):
+def timm_run(folder, out, flags, tmp, batches, malloc=None):
     """timm's train.py on the CPU; img/s over every epoch from its log, start-up to its first logged step."""
-    env = clean_env(tmp, WANDB_MODE="disabled")
+    env = clean_env(tmp, WANDB_MODE="disabled", **(malloc or {}))
     argv = [sys.executable, str(TIMM_TRAIN), "--data-dir", str(folder), "--train-split", "train", "--val-split", "val",
             "--model", "resnet10t", "--device", "cpu", "--no-prefetcher", "--opt", "adamw", "--lr", "0.002",
             "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0",
@@ -140,10 +147,11 @@ def timm_run(folder, out, flags, tmp, batches):
 
 
 def plain_run(folder, epochs, tmp):
-    """bench/plain_loop.py over the folder at 32 px: its img/s over every epoch, as throughput/train_img_s is."""
+    """bench/plain_loop.py over the folder at 32 px, with train.py's malloc settings: its img/s over every epoch,
+    as throughput/train_img_s is."""
     argv = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), "--data=imagefolder", f"--data_dir={folder}",
             "--img_size=32", "--batch_size=64", f"--epochs={epochs}"]
-    wall, stdout, _, _ = watch(argv, tmp, clean_env(tmp))
+    wall, stdout, _, _ = watch(argv, tmp, clean_env(tmp, **SAME_MALLOC))
     rates = json.loads(stdout.strip().splitlines()[-1])["epoch_img_s"]
     return {"wall": wall, "img_s": len(rates) / sum(1 / r for r in rates)}
 
@@ -167,12 +175,16 @@ def stream_vs_timm(tmp, folder, args):
                   "--scale", "0.08", "1"]
     for path in data.rglob("*.jpg"):  # into the page cache: no side is the one that reads the disk cold
         path.read_bytes()
-    rows = []
+    rows, sides = [], ("train.py", "timm", "train.py, glibc's malloc", "timm, train.py's malloc")
     for r in range(args.rounds):
-        for side in ("train.py", "timm")[::1 if r % 2 == 0 else -1]:  # ABBA: neither side always runs first
+        for k, side in enumerate(sides[::1 if r % 2 == 0 else -1]):  # ABBA: no side always runs first
             before = load()
-            got = (ours(data, tmp / f"s{r}", ours_flags, tmp) if side == "train.py" else
-                   timm_run(data, tmp / f"t{r}", timm_flags, tmp, batches))
+            if side.startswith("train.py"):
+                flags = [*ours_flags, DEFAULT_MALLOC] if "malloc" in side else ours_flags
+                got = ours(data, tmp / f"s{r}_{k}", flags, tmp)
+            else:
+                malloc = SAME_MALLOC if "malloc" in side else {}
+                got = timm_run(data, tmp / f"t{r}_{k}", timm_flags, tmp, batches, malloc)
             rows.append((side, r, got["img_s"], got["startup_s"], before))
             print(side, r, got["img_s"], got["startup_s"], f"load {before:.1f}", flush=True)
     return rows
@@ -250,8 +262,8 @@ def digits_vs_timm(tmp, args):
         Image.fromarray((digits.images[i] * 15).astype("uint8")).resize((32, 32)).save(path)
     rows = []
     for r in range(args.rounds):
-        sides = ("train.py", "timm", "plain loop")
-        for side in sides[r % 3:] + sides[:r % 3]:  # each side runs first in one round of three
+        sides = ("train.py", "timm", "plain loop", "timm, train.py's malloc")
+        for side in sides[r % 4:] + sides[:r % 4]:  # each side runs first in one round of four
             before = load()
             if side == "plain loop":  # the ceiling: train.py's model and optimizer with no data cost at all
                 got = plain_run(tmp / "digits" / "train", args.epochs, tmp)
@@ -263,8 +275,9 @@ def digits_vs_timm(tmp, args):
             else:
                 flags = ["--img-size", "32", "-b", "64", "--epochs", str(args.epochs), "-j", "2", "--hflip", "0",
                          "--scale", "1", "1", "--ratio", "1", "1"]
-                got = timm_run(tmp / "digits", tmp / f"dt{r}", flags, tmp, 25)
-                csvs = sorted((tmp / f"dt{r}").rglob("summary.csv"))
+                out = tmp / f"dt{r}_{len(side)}"
+                got = timm_run(tmp / "digits", out, flags, tmp, 25, SAME_MALLOC if "malloc" in side else {})
+                csvs = sorted(out.rglob("summary.csv"))
                 acc = float(csvs[-1].read_text().strip().splitlines()[-1].split(",")[3]) / 100 if csvs else float("nan")
             rows.append((side, r, got["img_s"], acc, before, got.get("epoch0_img_s", got["img_s"])))
             print("digits", side, r, got["img_s"], acc, f"load {before:.1f}", flush=True)
@@ -297,8 +310,15 @@ def main():
         ours_s, timm_s, r = ratio(rows, 2)
         start = float(np.median([row[3] for row in rows if row[0] == "train.py"]))
         timm_start = float(np.median([row[3] for row in rows if row[0] == "timm"]))
+        glibc_s, _, glibc_r = ratio(rows, 2, "train.py, glibc's malloc")
+        sides, by = list(dict.fromkeys(row[0] for row in rows)), {(row[1], row[0]): row[2] for row in rows}
+        _, same_s, same_r = ratio(rows, 2, "train.py", "timm, train.py's malloc")
         lines += [f"| streaming: img/s, {args.train_images:,} JPEGs at 128 px, 1 epoch, {args.workers} workers | "
-                  f">= {GOALS['stream']}x timm | {ours_s:.1f} / {timm_s:.1f} = {r:.2f}x | load {rows[0][4]:.1f} |",
+                  f">= {GOALS['stream']}x timm | {ours_s:.1f} / {timm_s:.1f} = {r:.2f}x; the allocator's part: "
+                  f"both with glibc's default malloc {glibc_s:.1f} / {timm_s:.1f} = {glibc_r:.2f}x, both with "
+                  f"train.py's {ours_s:.1f} / {same_s:.1f} = {same_r:.2f}x (each round, {' / '.join(sides)}: "
+                  f"{'; '.join(' / '.join(f'{by[k, side]:.1f}' for side in sides) for k in range(args.rounds))})"
+                  f" | load {rows[0][4]:.1f} |",
                   f"| streaming: start-up before the first step (s) | <= {GOALS['startup']} | {start:.1f} "
                   f"(timm's train.py: {timm_start:.1f} to its first logged step) | |"]
     if "sampling" in only:
@@ -328,13 +348,16 @@ def main():
         *_, first_r = ratio(rows, 5)  # against timm's first epoch alone
         plain_s, _, ceiling = ratio(rows, 2, "plain loop")
         by, rounds = {(row[1], row[0]): row[2] for row in rows}, sorted({row[1] for row in rows})
-        sides = ("train.py", "timm", "plain loop")
+        sides = ("train.py", "timm", "plain loop", "timm, train.py's malloc")
+        _, same_s, same_r = ratio(rows, 2, "train.py", sides[3])
         lines.append(f"| in memory: img/s on the 32 px digits ImageFolder, {args.epochs} epochs | "
                      f">= {GOALS['digits']}x timm | "
                      f"{ours_s:.1f} / {timm_s:.1f} = {r:.2f}x (final val/acc {acc_o:.3f} against {acc_t:.3f}); timm's "
                      f"first epoch alone (this script's measure before 2026-12-01): {first_r:.2f}x; a plain PyTorch "
-                     f"loop with no data cost (the ceiling): {plain_s:.1f} / {timm_s:.1f} = {ceiling:.2f}x, train.py "
-                     f"{ours_s / plain_s:.2f}x of it (each round, train.py / timm / plain: "
+                     f"loop with no data cost and train.py's malloc (the ceiling): {plain_s:.1f} / {timm_s:.1f} = "
+                     f"{ceiling:.2f}x, train.py {ours_s / plain_s:.2f}x of it; timm with train.py's malloc: "
+                     f"{ours_s:.1f} / {same_s:.1f} = {same_r:.2f}x (each round, train.py / timm / plain / timm same "
+                     "malloc: "
                      f"{'; '.join(' / '.join(f'{by[r, side]:.1f}' for side in sides) for r in rounds)})"
                      f" | load {rows[0][4]:.1f} |")
     body = ("| measure | goal | measured | 1-minute load before |\n|---|---|---|---|\n" + "\n".join(lines) +

@@ -3,6 +3,7 @@ memory, label noise, model options, and settings that come from `accelerate laun
 
 import json
 import math
+import subprocess
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, clean_env, inspect_wandb, run, summary_of, train_many, unlisted_keys
+from conftest import PATIENCE, ROOT, TINY, clean_env, inspect_wandb, run, summary_of, train_many, unlisted_keys
 
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
@@ -109,6 +110,32 @@ def test_activation_memory_doubles_with_the_batch(workdir):
     assert res.returncode == 0, res.stderr[-3000:]
     small, large = (summary_of(workdir / f"b{bs}")["memory/activations_mb"] for bs in (16, 32))
     assert small > 0.5 and large / small == pytest.approx(2, rel=0.1)
+
+
+FAULTS = """import resource, torch
+import train
+print(train.keep_freed_memory())
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # pages the kernel handed over, zeroed
+    torch.ones(2**24)  # 64 MB of float32, freed at once, as a layer's activations are each update
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_a_cpu_run_reuses_freed_activation_memory_unless_the_user_set_mallocs_variables(workdir):
+    got = {}
+    for side, env in (("kept", clean_env(PYTHONPATH=str(ROOT))),
+                      ("user's", clean_env(PYTHONPATH=str(ROOT), MALLOC_ARENA_MAX="8"))):
+        res = subprocess.run([sys.executable, "-c", FAULTS], cwd=workdir, env=env, capture_output=True, text=True,
+                             timeout=PATIENCE)
+        assert res.returncode == 0, res.stderr[-2000:]
+        got[side] = res.stdout.split()
+    pages = 2**26 // 4096  # 64 MB in 4 KiB pages
+    applied, first, *_, last = got["kept"]  # the heap settles within a round or two: what others freed moves in
+    assert applied == "True" and int(first) > pages / 2 and int(last) < pages / 20  # faulted in, then reused
+    applied, *faults = got["user's"]
+    assert applied == "False" and min(map(int, faults)) > pages / 2  # a fresh mmap each time
 
 
 def test_label_noise_changes_only_training_labels_fixed_by_seed():

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -43,6 +44,8 @@ def test_default_offline_run_is_recorded_in_wandb_and_output_dir(workdir):
     else:
         assert recorded["config"]["git_commit"] == recorded["config"]["git_dirty"] == ""
     assert recorded["config"]["batch_size"] == 32 and recorded["config"]["lr"] == 0.003
+    # a CPU run keeps freed blocks in malloc's heap, unless the user tuned glibc's malloc themselves
+    assert recorded["config"]["keep_freed_memory"] is not any(k.startswith("MALLOC_") for k in os.environ)
     assert recorded["config"]["global_batch_size"] == 32 and recorded["config"]["num_processes"] == 1
     assert {"torch", "timm", "accelerate", "wandb", "device"} <= set(recorded["config"])
     s = recorded["summary"]
