@@ -10,6 +10,7 @@ part through Accelerate's prepare; the images are read as they are needed.
     train, val, test, bn = data.loaders(args, data_config, device, num_processes)   # for accelerator.prepare
 """
 
+import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -681,7 +682,8 @@ def in_order(dataset, like):
     training split as evaluation sees it (train.py's train/acc_clean and train/acc_noisy, lab1/interpolate.py)."""
     return torch.utils.data.DataLoader(dataset, batch_size=like.batch_size, collate_fn=like.collate_fn,
                                        num_workers=like.num_workers, persistent_workers=like.persistent_workers,
-                                       pin_memory=like.pin_memory, multiprocessing_context=like.multiprocessing_context)
+                                       pin_memory=like.pin_memory, multiprocessing_context=like.multiprocessing_context,
+                                       worker_init_fn=like.worker_init_fn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -753,6 +755,41 @@ def stream_dataset(items, labels, transform, args, training, workers):
     return ds
 
 
+def mallopt():
+    """glibc's mallopt, or None: not Linux, another C library (musl), or the user set glibc's MALLOC_* variables."""
+    if sys.platform != "linux" or any(name.startswith("MALLOC_") for name in os.environ):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+def keep_freed_memory():
+    """For the process that trains on the CPU (train.py's --keep_freed_memory). glibc's malloc gives every block
+    over 32 MB (one layer's activations, for a batch of 64 at 128 px) a mmap of its own and unmaps it when freed,
+    so each update the kernel faults in and zeroes its activations anew: a fifth of a CPU run's time went to the
+    kernel (10 M page faults in 40 updates). Freed blocks stay in the heap for the next update instead, as
+    jemalloc and tcmalloc keep them; the process's peak resident memory rises by what the heap holds between
+    updates. -> whether it applied."""
+    global KEPT_FREED
+    set_option = mallopt()
+    # M_MMAP_MAX (-4) = 0: no block gets a mmap of its own; M_TRIM_THRESHOLD (-1), bytes: never give the heap back
+    KEPT_FREED = bool(set_option and set_option(-4, 0) and set_option(-1, 2**31 - 1))
+    return KEPT_FREED
+
+
+KEPT_FREED = False  # this process keeps freed blocks; a loader worker forked from it inherits the setting
+
+
+def plain_malloc(worker_id):
+    """A loader worker forked from a process that keeps freed blocks goes back to glibc's limits: its blocks are
+    many and small (decoded images), and kept they cost about 350 MB a worker (bench/data_paths.py --only memory)."""
+    if KEPT_FREED:
+        set_option = mallopt()
+        set_option(-4, 65536) and set_option(-1, 128 * 1024)  # glibc's defaults: M_MMAP_MAX, M_TRIM_THRESHOLD
+
+
 def worker_context(num_processes, workers):
     """How loader workers start: forked, except in a rank of several on CPython before 3.12, where a fork can
     deadlock in the child (python/cpython#112275: a lock the ranks' gloo threads take without the GIL is copied
@@ -780,7 +817,8 @@ def stream_loaders(args, splits, data_config, device, num_processes, workers):
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle and not iterable,
                                            drop_last=drop_last, num_workers=workers,
                                            multiprocessing_context=None if iterable else context,
-                                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+                                           persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                                           worker_init_fn=plain_malloc)
 
     train = stream_dataset(*splits["train"], train_tf, args, True, workers)
     val, test = (stream_dataset(*splits[name], eval_tf, args, False, workers) for name in ("val", "test"))

@@ -42,7 +42,18 @@ from pathlib import Path
 import yaml
 
 import runfiles
-from data import DATASETS, BadData, ConfigError, Mix, augmentation, checked, in_order, load_data, pair
+from data import (
+    DATASETS,
+    BadData,
+    ConfigError,
+    Mix,
+    augmentation,
+    checked,
+    in_order,
+    keep_freed_memory,
+    load_data,
+    pair,
+)
 
 # Keys config.json records that are not flags; --config skips them in a W&B config.yaml.
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
@@ -448,22 +459,6 @@ def valid_aa(spec):
         return True
     except Exception:  # timm's parsers raise AssertionError, KeyError or ValueError for a bad spec
         return False
-
-
-def keep_freed_memory():
-    """glibc's malloc gives every block over 32 MB (one layer's activations, for a batch of 64 at 128 px) a mmap of
-    its own and unmaps it when freed, so each update the kernel faults in and zeroes its activations anew: on a
-    CPU run a fifth of the CPU time went to the kernel (10 M page faults in 40 updates). Freed blocks stay in the
-    heap for the next update instead, as jemalloc and tcmalloc keep them; the peak is the same. Not where the user
-    set glibc's own variables, or without glibc. -> whether it applied."""
-    if sys.platform != "linux" or any(name.startswith("MALLOC_") for name in os.environ):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # another C library (musl)
-        return False
-    # M_MMAP_MAX = 0: no block gets a mmap of its own; M_TRIM_THRESHOLD (bytes): never give back the heap's top
-    return bool(mallopt(-4, 0) and mallopt(-1, 2**31 - 1))
 
 
 def launcher_setting(flag, name, default):

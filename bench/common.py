@@ -15,6 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"
 RESULTS = ROOT / "bench" / "RESULTS.md"
+# glibc's settings that train.py's --keep_freed_memory (on by default, CPU runs) makes with mallopt, given to a plain
+# loop or timm's train.py through the environment: what part of a lead is the allocator's
+SAME_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 LOAD_AT_START = os.getloadavg()[0]  # above ~0.5, something else was busy: CPU timings are then worthless
 
 

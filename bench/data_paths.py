@@ -35,14 +35,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, add_write_flag, clean_env, report
+from common import ROOT, SAME_MALLOC, add_write_flag, clean_env, report
 
 TRAIN = ROOT / "train.py"
 TIMM_TRAIN = Path(os.environ.get("TIMM_TRAIN", "/tmp/data/timm/train.py"))
 PREVIOUS = Path(os.environ.get("PREVIOUS", "/work/main/train.py"))
-# glibc's settings train.py's --keep_freed_memory (on by default) makes with mallopt, given to the other programs
-# through the environment: how much of a lead is the allocator's, not the data path's
-SAME_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 DEFAULT_MALLOC = "--keep_freed_memory=False"
 GOALS = {"stream": 1.0, "startup": 5.0, "memory": 1.10, "decode": 3.0, "digits": 1.3}
 

@@ -4,7 +4,8 @@
     python bench/throughput.py --device cuda --model resnet50 --img_size 224 --batch_size 128 \\
         --mixed_precision bf16 --datasets synthetic --repeats 2 --write
 
-Same model, data shape, batch size, optimizer (adamw, lr 2e-3, weight decay 0.05) and precision on both sides.
+Same model, data shape, batch size, optimizer (adamw, lr 2e-3, weight decay 0.05), precision and malloc settings
+(common.SAME_MALLOC: what train.py's --keep_freed_memory makes) on both sides.
 The two run alternately, each as a fresh process; each reports the median over epochs 2..E of training images /
 epoch wall time (train.py's throughput/train_img_s from history.csv). The table gives the medians over the runs
 and their ratio, against the goal train.py / plain >= 0.95. The machine is shared and noisy: rerun when
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, add_write_flag, clean_env, report, run, train_img_s, train_run
+from common import ROOT, SAME_MALLOC, add_write_flag, clean_env, report, run, train_img_s, train_run
 
 GOAL = 0.95  # train.py img/s / plain img/s
 IMG_SIZE = {"digits": 16, "imagefolder": 32, "synthetic": 32}  # pixels, when --img_size is not given
@@ -62,7 +63,8 @@ def measure(args, dataset, data_dir):
             out["train.py"].append({"img_s": train_img_s(t["history"]), "peak_mb": t["summary"]["memory/peak_mb"],
                                     "train_size": t["config"]["train_size"]})
         with tempfile.TemporaryDirectory() as tmp:
-            out["plain"].append(json.loads(run(plain_argv, cwd=tmp, env=clean_env(tmp))[1].splitlines()[-1]))
+            _, stdout = run(plain_argv, cwd=tmp, env=clean_env(tmp, **SAME_MALLOC))
+            out["plain"].append(json.loads(stdout.splitlines()[-1]))
         print(f"{dataset} run {r + 1}/{args.repeats}: train.py {out['train.py'][-1]['img_s']:.1f} img/s, "
               f"plain {out['plain'][-1]['img_s']:.1f} img/s", flush=True)
     return out

@@ -856,7 +856,8 @@ def text_batch_time(rep, rows, batches, fit, relative):
         "process that had imported the libraries) when train.py recorded a CPU run's peak resident memory: a fork "
         "counts only the library pages it touches, so these peaks are below those of the same runs started by hand. "
         "train.py now records peak resident memory less file-mapped pages, which is the same either way "
-        "(INTERFACE.md)."))
+        "(INTERFACE.md). They also predate `--keep_freed_memory`, on by default for CPU runs since: with it, a CPU "
+        "run's peak also counts the freed blocks malloc keeps for the next update."))
 
 
 def tuned_lr_runs(rep):
