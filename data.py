@@ -783,11 +783,13 @@ KEPT_FREED = False  # this process keeps freed blocks; a loader worker forked fr
 
 
 def plain_malloc(worker_id):
-    """A loader worker forked from a process that keeps freed blocks goes back to glibc's limits: its blocks are
-    many and small (decoded images), and kept they cost about 350 MB a worker (bench/data_paths.py --only memory)."""
+    """A loader worker forked from a process that keeps freed blocks goes back to glibc's limits, and gives back
+    the free blocks it inherited: its own allocations, carved out of them, would copy the parent's pages (copy on
+    write), hundreds of MB a worker (bench/data_paths.py --only memory)."""
     if KEPT_FREED:
         set_option = mallopt()
         set_option(-4, 65536) and set_option(-1, 128 * 1024)  # glibc's defaults: M_MMAP_MAX, M_TRIM_THRESHOLD
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def worker_context(num_processes, workers):

@@ -123,9 +123,13 @@ def faults():  # of 4 blocks of 64 MB, each written and freed at once, as a laye
         ctypes.memset(block, 1, 2**26)
         libc.free(block)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
 print(data.keep_freed_memory())
 faults()
+before = resident_mb()
 data.plain_malloc(worker_id=0)  # what a loader worker forked from this process does first
+print(round(before - resident_mb()))  # MB the heap gave back
 faults()
 """
 
@@ -141,10 +145,12 @@ def test_a_cpu_run_reuses_freed_activation_memory_but_its_loader_workers_and_a_u
         got[side] = res.stdout.split()
     pages = 2**26 // 4096  # 64 MB in 4 KiB pages
     applied, *faults = got["kept"]
-    kept, worker = list(map(int, faults[:4])), list(map(int, faults[4:]))
+    kept, given_back, worker = list(map(int, faults[:4])), int(faults[4]), list(map(int, faults[5:]))
     assert applied == "True" and kept[0] > pages / 2 and max(kept[1:]) < pages / 20  # faulted in once, then reused
-    assert min(worker[1:]) > pages / 2  # a loader worker: glibc's own limits again, a fresh mmap each time
+    assert given_back > 32  # MB: a loader worker gives back the free 64 MB it inherited...
+    assert min(worker) > pages / 2  # ...and goes back to glibc's own limits: a fresh mmap each time
     applied, *faults = got["user's"]
+    del faults[4]  # plain_malloc did nothing here
     assert applied == "False" and min(map(int, faults)) > pages / 2  # glibc as the user set it: a fresh mmap
 
 
