@@ -659,7 +659,7 @@ def memory_loaders(args, splits, data_config, device, num_processes, workers):
 
     def loader(ds, batch_size, shuffle=False, drop_last=False):
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                           collate_fn=keep_batch, num_workers=workers)
+                                           collate_fn=keep_batch, num_workers=workers, worker_init_fn=plain_malloc)
 
     train, val, test = make("train"), make("val"), make("test")
     train_aug = TensorImages(train.images, train.labels, args.img_size, mean, std, memory_format, augment)
@@ -767,11 +767,11 @@ def mallopt():
 
 def keep_freed_memory():
     """For the process that trains on the CPU (train.py's --keep_freed_memory). glibc's malloc gives every block
-    over 32 MB (one layer's activations, for a batch of 64 at 128 px) a mmap of its own and unmaps it when freed,
-    so each update the kernel faults in and zeroes its activations anew: a fifth of a CPU run's time went to the
-    kernel (10 M page faults in 40 updates). Freed blocks stay in the heap for the next update instead, as
-    jemalloc and tcmalloc keep them; the process's peak resident memory rises by what the heap holds between
-    updates. -> whether it applied."""
+    over its mmap threshold (at most 32 MB: one layer's activations, batch 64 at 128 px, are above it) a mmap of its
+    own and unmaps it when freed, so each update the kernel faults in and zeroes its activations anew: a fifth of a
+    CPU run's time went to the kernel (10 M page faults in 40 updates). Freed blocks stay in the heap for the next
+    update instead, as jemalloc and tcmalloc keep them; the process's peak resident memory rises by what the heap
+    holds between updates. -> whether it applied."""
     global KEPT_FREED
     set_option = mallopt()
     # M_MMAP_MAX (-4) = 0: no block gets a mmap of its own; M_TRIM_THRESHOLD (-1), bytes: never give the heap back
@@ -788,7 +788,8 @@ def plain_malloc(worker_id):
     write), hundreds of MB a worker (bench/data_paths.py --only memory)."""
     if KEPT_FREED:
         set_option = mallopt()
-        set_option(-4, 65536) and set_option(-1, 128 * 1024)  # glibc's defaults: M_MMAP_MAX, M_TRIM_THRESHOLD
+        set_option(-4, 65536)  # glibc's default M_MMAP_MAX
+        set_option(-1, 128 * 1024)  # and M_TRIM_THRESHOLD, bytes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 

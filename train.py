@@ -298,9 +298,9 @@ def build_parser():
     switch(infra, "--channels_last", "NHWC memory format for the model and its inputs")
     switch(infra, "--compile", "torch.compile the model through Accelerate (default: accelerate launch's "
            "--dynamo_backend, else off)", default=None)
-    switch(infra, "--keep_freed_memory", "CPU runs: glibc's malloc keeps freed blocks over 32 MB for reuse instead "
-           "of returning them to the kernel (faster; peak host memory higher); config.json records whether it "
-           "applied", default=True)
+    switch(infra, "--keep_freed_memory", "CPU runs: glibc's malloc keeps freed memory in its heap for reuse instead "
+           "of returning it to the kernel, so no update faults its activations in anew (faster; peak host memory "
+           "higher); config.json records whether it applied", default=True)
     switch(infra, "--cudnn_benchmark", "let cuDNN time its kernels for the first batch shapes (CUDA only)")
     return p
 
