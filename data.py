@@ -657,9 +657,12 @@ def memory_loaders(args, splits, data_config, device, num_processes, workers):
                             torch.from_numpy(np.asarray(labels)).long().to(device), args.img_size, mean, std,
                             memory_format, augment)
 
+    context = worker_context(num_processes, workers)
+
     def loader(ds, batch_size, shuffle=False, drop_last=False):
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                           collate_fn=keep_batch, num_workers=workers, worker_init_fn=plain_malloc)
+                                           collate_fn=keep_batch, num_workers=workers, multiprocessing_context=context,
+                                           worker_init_fn=plain_malloc)
 
     train, val, test = make("train"), make("val"), make("test")
     train_aug = TensorImages(train.images, train.labels, args.img_size, mean, std, memory_format, augment)
@@ -739,7 +742,7 @@ def stream_transforms(args, mean, std, channels):
     return transforms.Compose([primary, secondary, final]), plain
 
 
-def stream_dataset(items, labels, transform, args, training, workers):
+def stream_dataset(items, labels, transform, args, training, workers, context):
     if isinstance(items, np.ndarray):
         return ArrayImages(items, labels, transform)
     if isinstance(items, list):
@@ -752,6 +755,8 @@ def stream_dataset(items, labels, transform, args, training, workers):
     ds.reader.dist_rank, ds.reader.dist_num_replicas = 0, 1
     ds.transform = transform
     ds.set_loader_cfg(num_workers=workers)
+    if context:  # timm made its epoch counter in the fork context; a forkserver's workers cannot be sent it
+        ds.reader.epoch_count.shared_epoch = context.Value("i", 0)
     return ds
 
 
@@ -797,13 +802,17 @@ def worker_context(num_processes, workers):
     """How loader workers start: forked, except in a rank of several on CPython before 3.12, where a fork can
     deadlock in the child (python/cpython#112275: a lock the ranks' gloo threads take without the GIL is copied
     held; seen here as a 2-rank run hung for good). There they fork from a forkserver that has imported the
-    script once (no threads, and no import in each worker). Not for timm's webdataset reader, whose shared
-    counters are made in the fork context before the loader exists: it forks as before."""
+    script's packages once (no threads, and no import in each worker)."""
     if not workers or num_processes < 2 or sys.version_info >= (3, 12):
         return None
     import multiprocessing
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__"])
+    # Not "__main__": before 3.13 the forkserver never imports it (python/cpython#126631), nor modules beside the
+    # script (its sys.path is Python's, cpython#117378); each worker would run train.py's imports anew (seconds)
+    context.set_forkserver_preload(["torch", "timm", "accelerate", "wandb"])
+    first = context.Process(target=int)  # starts once the forkserver has imported them: set-up, not training time
+    first.start()
+    first.join()
     return context
 
 
@@ -818,14 +827,13 @@ def stream_loaders(args, splits, data_config, device, num_processes, workers):
     def loader(ds, batch_size, shuffle=False, drop_last=False):
         iterable = isinstance(ds, torch.utils.data.IterableDataset)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle and not iterable,
-                                           drop_last=drop_last, num_workers=workers,
-                                           multiprocessing_context=None if iterable else context,
+                                           drop_last=drop_last, num_workers=workers, multiprocessing_context=context,
                                            persistent_workers=workers > 0, pin_memory=device.type == "cuda",
                                            worker_init_fn=plain_malloc)
 
-    train = stream_dataset(*splits["train"], train_tf, args, True, workers)
-    val, test = (stream_dataset(*splits[name], eval_tf, args, False, workers) for name in ("val", "test"))
-    plain = stream_dataset(*splits["train"], eval_tf, args, False, workers)
+    train = stream_dataset(*splits["train"], train_tf, args, True, workers, context)
+    val, test = (stream_dataset(*splits[name], eval_tf, args, False, workers, context) for name in ("val", "test"))
+    plain = stream_dataset(*splits["train"], eval_tf, args, False, workers, context)
     return eval_and_train_loaders(args, loader, train, val, test, plain, args.batch_size, num_processes)
 
 

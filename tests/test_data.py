@@ -309,11 +309,36 @@ def test_an_unreadable_image_mid_stream_fails_then_resumes_after_the_fix(workdir
     assert not (workdir / "out/checkpoint").exists()
 
 
-def test_loader_workers_of_several_ranks_start_from_a_forkserver_before_python_3_12():
+def test_loader_workers_of_several_ranks_start_from_a_forkserver_holding_torch_before_python_3_12():
     # CPython before 3.12 can deadlock a forked child (python/cpython#112275); a 2-rank streaming run hung so here
     assert data.worker_context(1, 2) is None and data.worker_context(2, 0) is None  # one process, or no workers
     context = data.worker_context(2, 1)
-    assert context is None if sys.version_info >= (3, 12) else context.get_start_method() == "forkserver"
+    if context is None:
+        assert sys.version_info >= (3, 12)
+        return
+    assert context.get_start_method() == "forkserver"
+    # and a worker finds torch and timm imported by the forkserver: it does not import them again (seconds)
+    found = context.SimpleQueue()
+    worker = context.Process(target=exec, args=("import sys; found.put([m for m in ('torch', 'timm') if m in "
+                                                "sys.modules])", {"found": found}))
+    worker.start()
+    assert found.get() == ["torch", "timm"]
+    worker.join()
+
+
+def test_a_webdataset_shard_set_of_several_ranks_is_read_by_workers_from_that_start(tmp_path):
+    # timm's reader makes its epoch counter in the fork context; a forkserver's worker could not be sent it
+    write_shards(tmp_path / "wds")
+    args = train.parse_args(["--dataset=wds", f"--data_dir={tmp_path / 'wds'}", "--img_size=16", "--batch_size=8",
+                             "--workers=1"])
+    loaders = data.load_data(args).loaders(args, {"mean": (0.5,) * 3, "std": (0.5,) * 3}, torch.device("cpu"), 2)
+    start = data.worker_context(2, 1)
+    assert all(dl.multiprocessing_context is start for dl in loaders)
+    train_dl = loaders[0]
+    for epoch in (0, 1):
+        train_dl.dataset.set_epoch(epoch)  # shards shuffled by epoch, in the workers
+        images, labels = next(iter(train_dl))
+        assert images.shape == (8, 3, 16, 16) and labels.shape == (8,)
 
 
 @pytest.mark.slow
