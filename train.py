@@ -59,7 +59,7 @@ from data import (
 RECORDED = ("torch", "timm", "accelerate", "wandb", "git_commit", "git_dirty", "global_batch_size", "num_processes",
             "device", "num_classes", "train_size", "val_size", "test_size", "label_noise_changed",
             "examples_per_epoch", "updates_per_epoch", "data_path", "data_path_why", "data_workers", "augmentation",
-            "git_commits")
+            "onednn_max_cpu_isa", "git_commits")
 # Flags a resumed run may change: where and how it reports, not what it trains.
 REPORTING = ("config", "output_dir", "run_name", "wandb_mode", "wandb_project", "wandb_entity", "wandb_group",
              "wandb_tags", "log_model", "workers", "num_workers", "cache_dir", "allow_code_change",
@@ -466,10 +466,14 @@ def launcher_setting(flag, name, default):
     return flag if flag is not None else os.environ.get(f"ACCELERATE_{name}", default)
 
 
+def on_cpu(args):
+    return bool(args.cpu or not torch.cuda.is_available())
+
+
 def make_accelerator(args):
     plugin = GradientAccumulationPlugin(num_steps=args.grad_accum_steps) if args.grad_accum_steps else None
     return Accelerator(
-        cpu=args.cpu or not torch.cuda.is_available(),  # cpu=True: real gloo ranks on a CPU machine
+        cpu=on_cpu(args),  # cpu=True: real gloo ranks on a CPU machine
         mixed_precision=args.mixed_precision,  # None: what `accelerate launch` or `accelerate config` set
         gradient_accumulation_plugin=plugin,
         dynamo_backend=None if args.compile is None else "inductor" if args.compile else "no",
@@ -803,6 +807,7 @@ class Training:
         if flags.num_threads:
             torch.set_num_threads(flags.num_threads)
         set_seed(flags.seed)
+        self.cpu_isa = without_amx() if on_cpu(flags) else ""  # before the model and Accelerate touch oneDNN
         data = self.data = load_data(flags)
         self.classes, self.sizes = data.classes, data.sizes
         if int(os.environ.get("RANK", 0)) == 0:  # which path, and why, once (before the Accelerator exists)
@@ -870,7 +875,7 @@ class Training:
                        "examples_per_epoch": len(self.train_dl) * args.batch_size * acc.num_processes,
                        "label_noise_changed": round(args.label_noise * self.sizes["train_size"]),
                        "data_path": self.data.path, "data_path_why": self.data.why, "data_workers": self.data.workers,
-                       "augmentation": augmentation(args)}
+                       "augmentation": augmentation(args), "onednn_max_cpu_isa": self.cpu_isa}
         self.out = chosen_output_dir(args)
         resumed = self.check_folder() if self.out else None
         self.resumed = resumed is not None
@@ -1580,6 +1585,16 @@ def git_info():
         return {"git_commit": commit.stdout.strip(), "git_dirty": bool(changed)}
     except (OSError, subprocess.SubprocessError):
         return unknown
+
+
+def without_amx():
+    """For a run on the CPU: oneDNN's kernels without AMX, unless the user set oneDNN's ceiling
+    (ONEDNN_MAX_CPU_ISA, or DNNL_MAX_CPU_ISA). On AMX, a bf16 run that otherwise finishes to the same bit ended
+    now and then with a NaN loss (status diverged), the more often the busier its core; without AMX, never
+    (bench/amx.py, in bench/RESULTS.md). fp32 uses no AMX: its kernels and results stay the same.
+    -> the ceiling in effect."""
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "AVX512_CORE_FP16"))
+    return os.environ["ONEDNN_MAX_CPU_ISA"]  # read by oneDNN once, when first used
 
 
 def device_name(accelerator):

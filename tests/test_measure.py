@@ -154,6 +154,21 @@ def test_a_cpu_run_reuses_freed_activation_memory_but_its_loader_workers_and_a_u
     assert applied == "False" and min(map(int, faults)) > pages / 2  # glibc as the user set it: a fresh mmap
 
 
+@pytest.mark.slow
+def test_a_cpu_run_uses_no_amx_kernels_unless_the_user_sets_onednns_ceiling(workdir):
+    # AMX's kernels ended bf16 runs here with a NaN loss at random (bench/amx.py); a run on them is a user's choice
+    amx = "amx_bf16" in open("/proc/cpuinfo").read() if sys.platform == "linux" else False
+    flags = [str(ROOT / "train.py"), *TINY, "--epochs=1", "--mixed_precision=bf16", "--wandb_mode=disabled"]
+    for out, ceiling, shown in (("default", None, "AVX512_CORE_FP16"), ("user", "ALL", "ALL")):
+        env = clean_env(ONEDNN_VERBOSE="1", **({"ONEDNN_MAX_CPU_ISA": ceiling} if ceiling else {}))
+        res = run([*flags, f"--output_dir={out}"], cwd=workdir, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        kernels = [line for line in res.stdout.splitlines() if ",primitive,exec,cpu," in line]  # oneDNN's log
+        assert any(",convolution," in k for k in kernels)  # the model's convolutions ran on oneDNN's kernels
+        assert any("amx" in k for k in kernels) == (amx and ceiling == "ALL")
+        assert json.loads((workdir / out / "config.json").read_text())["onednn_max_cpu_isa"] == shown
+
+
 def test_label_noise_changes_only_training_labels_fixed_by_seed():
     def splits(noise, seed=0):
         return data.load_data(train.parse_args([f"--label_noise={noise}", f"--seed={seed}"])).splits

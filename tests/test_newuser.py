@@ -220,10 +220,9 @@ def test_any_run_reruns_from_its_own_config_json_or_wandb_config_yaml(workdir):
             rerun = json.loads((workdir / f"{name}_{copy}" / "config.json").read_text())
             differ = {k for k in original.keys() | rerun.keys() if k not in skip and original.get(k) != rerun.get(k)}
             assert not differ, (name, copy, {k: (original.get(k), rerun.get(k)) for k in differ})
-            # ran to its end; a diverged run is a result too: multi_gpu's point (bf16, lr 0.4) gave a NaN in 2 of 6
-            # runs made one after another in one process (train_many), with either --keep_freed_memory, and finished
-            # identically in 6 of 6 fresh processes; sweep.py forks every run from the same parent
-            assert summary_of(workdir / f"{name}_{copy}")["status"] in ("finished", "reached_target", "diverged")
+            # ran to its end: multi_gpu's point (bf16, lr 0.4) ended with a NaN at random on oneDNN's AMX kernels,
+            # which train.py no longer uses on the CPU (bench/amx.py)
+            assert summary_of(workdir / f"{name}_{copy}")["status"] in ("finished", "reached_target")
 
 
 def test_a_config_that_names_a_finished_folder_says_how_to_run_elsewhere(workdir):
