@@ -56,7 +56,8 @@ def endings(env, pin, runs, tmp):
 
 
 def speed(rounds, epochs):
-    """-> {side: [(img/s, val/acc), ...]} of bf16 digits runs in turn, and the fp32 test/loss of each side."""
+    """-> {side: [(img/s, best val/acc, config), ...]} of bf16 digits runs in turn, and the fp32 test/loss of each
+    side. summary.json's val/acc is the best evaluation point's, as in W&B's summary."""
     bf16, fp32 = {"no AMX": [], "AMX": []}, {}
     for round_ in range(rounds + 1):
         for side, env in (("no AMX", {}), ("AMX", {"ONEDNN_MAX_CPU_ISA": "ALL"})):
@@ -107,7 +108,7 @@ def main():
         f"Part 2, quiet: bf16 digits runs (train.py's defaults, {args.epochs} epochs), {args.rounds} a side in turn, "
         f"fresh processes. config.json's onednn_max_cpu_isa: {isa['no AMX']} and {isa['AMX']}.",
         "",
-        "| side | img/s (median of epochs 2..E, then of runs) | val/acc |",
+        "| side | img/s (median of epochs 2..E, then of runs) | best val/acc (summary.json's val/acc) |",
         "|---|---|---|",
         *(f"| {side} | {img_s[side]:.1f} | {', '.join(f'{v[1]:.4f}' for v in runs)} |" for side, runs in bf16.items()),
         "",
