@@ -160,14 +160,23 @@ def test_wandb_summary_after_a_resume_is_the_whole_runs_best(workdir):
 @pytest.mark.slow
 def test_a_job_killed_after_its_checkpoint_loses_no_point_in_wandb_and_leaves_nothing(workdir):
     env = clean_env(HOME=str(workdir), WANDB_MODE="offline")
-    cut = launch([*FLAGS, "--output_dir=out"], workdir, env)
+    # a scheduler's grace period runs out after the checkpoint, before W&B's finish: train.py and wandb-core
+    # are killed, and wandb-core may not have written the points it was sent. The run kills itself there, once
+    # its checkpoint is saved: a test that waits for the checkpoint and then kills may come after W&B's finish.
+    cut = ("import os, signal, sys, psutil, train\n"
+           "def killed(run):\n"
+           "    assert (train.Path('out') / train.runfiles.CHECKPOINT / 'progress.json').exists()\n"
+           "    for child in psutil.Process().children(recursive=True):\n"
+           "        child.kill()\n"
+           "    os.kill(os.getpid(), signal.SIGKILL)\n"
+           "train.WandbRun.mark_preempting = killed\n"
+           "train.main(sys.argv[1:])\n")
+    cut = subprocess.Popen([sys.executable, "-c", cut, *FLAGS, "--output_dir=out"], cwd=workdir, text=True,
+                           env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for(lambda: points(workdir / "out"), cut)
     cut.send_signal(signal.SIGTERM)
-    # a scheduler's grace period runs out after the checkpoint, before W&B's finish: train.py and wandb-core
-    # are killed, and wandb-core had not yet written the points it was sent
-    wait_for(lambda: (workdir / "out/checkpoint/progress.json").exists(), cut)
-    signal_job(cut, signal.SIGKILL)
-    cut.wait()
+    printed = cut.communicate(timeout=PATIENCE)[0]
+    assert cut.returncode == -signal.SIGKILL, printed[-3000:]
     # a kill while a later checkpoint was written leaves a partial checkpoint.tmp (no progress.json)
     (workdir / "out/checkpoint.tmp").mkdir()
     (workdir / "out/checkpoint.tmp/optimizer.bin").write_bytes(bytes(2**20))
@@ -312,10 +321,17 @@ def test_sigterm_to_the_whole_job_then_wandb_core_gone_loses_nothing(workdir):
     assert_no_leftovers(workdir / "out")
 
 
+def command_line(process):
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # it ended (a zombie until its parent reaps it)
+        return ""
+
+
 def rank_processes(launcher, count=2, seconds=PATIENCE):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        ranks = [p for p in psutil.Process(launcher.pid).children() if "train.py" in " ".join(p.cmdline())]
+        ranks = [p for p in psutil.Process(launcher.pid).children() if "train.py" in command_line(p)]
         if len(ranks) == count:
             return ranks
         assert launcher.poll() is None, launcher.communicate()[0][-3000:]
